@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of tasklift against peer systems (see bench/README.md)."""

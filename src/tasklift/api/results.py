@@ -1,0 +1,369 @@
+"""Handles on submitted works: ``AsyncResult`` (waiting), ``Work``, ``MapResult``, ``Progress``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tasklift.db.queries import ResultRecord
+from tasklift.engine.core import work_destination
+from tasklift.engine.state import needed_successes
+from tasklift.errors import JobFailure, WorkFailed, WorkTimeout
+from tasklift.keys import job_key
+from tasklift.serializers import get_serializer
+from tasklift.states import JobState, WorkState
+
+if TYPE_CHECKING:
+    from tasklift.engine.core import Engine
+
+__all__ = ["AsyncResult", "MapResult", "Progress", "Work"]
+
+REREAD_EVERY = 2.0
+"""Seconds between safety re-reads of the DB while waiting (a missed message costs this)."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Counts of a work's jobs."""
+
+    total: int
+    finished: int
+    failed: int
+    cancelled: int
+    running: int
+
+    @property
+    def done(self) -> int:
+        """Jobs in a terminal state."""
+        return self.finished + self.failed + self.cancelled
+
+
+class AsyncResult:
+    """Collects a work's terminal jobs: reads what is persisted, then listens on the bus."""
+
+    def __init__(self, engine: Engine, work_id: int, n_jobs: int) -> None:
+        self.engine = engine
+        self.work_id = work_id
+        self.n_jobs = n_jobs
+        self._cond = threading.Condition()
+        self._records: dict[int, ResultRecord] = {}
+        self._arrival: list[int] = []
+        self._stale = False
+        self._sub = engine.bus.subscribe(work_destination(work_id), self._on_messages)
+        self._last_read = 0.0
+        self._reread()
+
+    def _on_messages(self, messages: Sequence[Any]) -> None:
+        with self._cond:
+            for record in messages:
+                if record.idx < 0:
+                    self._stale = True
+                elif record.idx not in self._records:
+                    self._records[record.idx] = record
+                    self._arrival.append(record.idx)
+            self._cond.notify_all()
+
+    def _reread(self) -> None:
+        records = self.engine.results(self.work_id)
+        with self._cond:
+            for record in records:
+                if record.idx not in self._records:
+                    self._records[record.idx] = record
+                    self._arrival.append(record.idx)
+            self._stale = False
+            self._last_read = time.monotonic()
+            self._cond.notify_all()
+
+    @property
+    def n_done(self) -> int:
+        """How many jobs are terminal."""
+        return len(self._records)
+
+    def done(self) -> bool:
+        """True when every job is terminal."""
+        return len(self._records) >= self.n_jobs
+
+    def wait_for(self, count: int, deadline: float | None) -> bool:
+        """Wait until at least ``count`` jobs are terminal; False when the deadline passed."""
+        while True:
+            with self._cond:
+                if len(self._records) >= count:
+                    return True
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    return False
+                due = self._last_read + REREAD_EVERY
+                wait = due - now
+                if deadline is not None:
+                    wait = min(wait, deadline - now)
+                if not self._stale and wait > 0:
+                    self._cond.wait(wait)
+                need_read = self._stale or time.monotonic() >= due
+            if need_read:
+                self._reread()
+
+    def arrivals(self, start: int) -> list[ResultRecord]:
+        """Records that arrived after the first ``start`` ones, in arrival order."""
+        with self._cond:
+            return [self._records[i] for i in self._arrival[start:]]
+
+    def ordered(self) -> list[ResultRecord]:
+        """All terminal records in submission order."""
+        with self._cond:
+            return [self._records[i] for i in sorted(self._records)]
+
+    def close(self) -> None:
+        """Stop listening."""
+        self._sub.close()
+
+
+class MapResult(Mapping[str, Any]):
+    """Read-only mapping job key -> result, in submission order (successful jobs only).
+
+    Attributes:
+        failures: :class:`~tasklift.errors.JobFailure` of every job that did not succeed.
+        metrics: counts and timings of the work.
+    """
+
+    def __init__(
+        self,
+        values: dict[str, Any],
+        failures: list[JobFailure],
+        metrics: dict[str, Any],
+        base_args: Sequence[Any],
+        base_kwargs: Mapping[str, Any],
+    ) -> None:
+        self._values = values
+        self.failures = failures
+        self.metrics = metrics
+        self._base_args = list(base_args)
+        self._base_kwargs = dict(base_kwargs)
+        self._failed = {f.key: f for f in failures}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"MapResult({len(self._values)} results, {len(self.failures)} failures)"
+
+    def key_of(self, args: Mapping[str, Any] | Sequence[Any]) -> str:
+        """The job key of a ``group_kwargs`` element (merged over the call's kwargs)."""
+        if isinstance(args, Mapping):
+            return job_key(self._base_args, {**self._base_kwargs, **args})
+        return job_key(list(args), self._base_kwargs)
+
+    def get_result(
+        self,
+        args: Mapping[str, Any] | Sequence[Any] | None = None,
+        *,
+        key: str | None = None,
+    ) -> Any:
+        """Return the result of the job for ``args`` (a ``group_kwargs`` element) or ``key``.
+
+        Raises:
+            KeyError: no such job, or the job failed (the message gives its error).
+        """
+        if key is None:
+            if args is None:
+                raise TypeError("get_result needs args= or key=")
+            key = self.key_of(args)
+        if key in self._values:
+            return self._values[key]
+        failure = self._failed.get(key)
+        if failure is not None:
+            raise KeyError(f"job {key[:12]} did not succeed: {failure}")
+        raise KeyError(f"no job with key {key[:12]} in this work")
+
+
+class Work:
+    """A submitted work: N jobs of one ``@work`` function. Returned with ``return_work=True``."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        work_id: int,
+        name: str,
+        keys: list[str],
+        calls: list[tuple[list[Any], dict[str, Any]]],
+        base_args: Sequence[Any],
+        base_kwargs: Mapping[str, Any],
+        serializer: str,
+        map_results: bool,
+        min_success: float,
+        n_reused: int = 0,
+        show_progress: bool = False,
+    ) -> None:
+        self.engine = engine
+        self.work_id = work_id
+        self.name = name
+        self.keys = keys
+        self.calls = calls
+        self._base_args = list(base_args)
+        self._base_kwargs = dict(base_kwargs)
+        self._serializer = get_serializer(serializer)
+        self.map_results = map_results
+        self.min_success = min_success
+        self.n_reused = n_reused
+        self.submitted_at = time.time()
+        self._show_progress = show_progress
+        self._async = AsyncResult(engine, work_id, len(keys))
+
+    def __repr__(self) -> str:
+        return f"<Work {self.name!r} id={self.work_id} jobs={len(self.keys)}>"
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def submit(self) -> Work:
+        """Return this work; it was submitted when it was created (idempotent)."""
+        return self
+
+    @property
+    def status(self) -> WorkState:
+        """The work's state as stored."""
+        return WorkState(self.engine.work_row(self.work_id)["status"])
+
+    @property
+    def progress(self) -> Progress:
+        """Counts of finished, failed, cancelled and running jobs."""
+        row = self.engine.work_row(self.work_id)
+        return Progress(
+            total=row["n_jobs"],
+            finished=row["n_finished"],
+            failed=row["n_failed"],
+            cancelled=row["n_cancelled"],
+            running=self.engine.running_count(self.work_id),
+        )
+
+    def cancel(self) -> int:
+        """Cancel queued and running jobs; return how many were cancelled."""
+        return self.engine.cancel_work(self.work_id)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until every job is terminal.
+
+        Raises:
+            WorkTimeout: ``timeout`` seconds passed first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._show_progress and not self._async.done():
+            from tasklift.api.progress import wait_with_progress
+
+            ok = wait_with_progress(self, deadline)
+        else:
+            ok = self._async.wait_for(len(self.keys), deadline)
+        if not ok:
+            raise WorkTimeout(self.name, float(timeout or 0), self._async.n_done, len(self.keys))
+
+    def as_completed(self, timeout: float | None = None) -> Iterator[Any]:
+        """Yield results as jobs finish (arrival order); failures are collected, not yielded.
+
+        Raises:
+            WorkTimeout: ``timeout`` seconds (for the whole iteration) passed first.
+            WorkFailed: at the end, when fewer jobs succeeded than ``min_success`` requires.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen = 0
+        while seen < len(self.keys):
+            if not self._async.wait_for(seen + 1, deadline):
+                raise WorkTimeout(self.name, float(timeout or 0), seen, len(self.keys))
+            for record in self._async.arrivals(seen):
+                seen += 1
+                if record.state == JobState.FINISHED.value:
+                    yield self._decode(record)
+        self._check()
+
+    def results(self, timeout: float | None = None) -> Any:
+        """Wait, then return a :class:`MapResult` (``map_results``) or a list in submission order.
+
+        In the list, a job that did not succeed holds its :class:`JobFailure`.
+
+        Raises:
+            WorkTimeout: ``timeout`` seconds passed first.
+            WorkFailed: fewer jobs succeeded than ``min_success`` requires.
+        """
+        self.wait(timeout)
+        records = self._check()
+        if self.map_results:
+            values = {
+                self.keys[r.idx]: self._decode(r)
+                for r in records
+                if r.state == JobState.FINISHED.value
+            }
+            return MapResult(
+                values, self.failures, self.metrics, self._base_args, self._base_kwargs
+            )
+        return [
+            self._decode(r) if r.state == JobState.FINISHED.value else self._failure(r)
+            for r in records
+        ]
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The single result of a one-job work."""
+        if len(self.keys) != 1:
+            raise ValueError(f"work {self.name!r} has {len(self.keys)} jobs; use results()")
+        self.wait(timeout)
+        self._check()
+        return self._decode(self._async.ordered()[0])
+
+    @property
+    def failures(self) -> list[JobFailure]:
+        """Jobs that ended without success so far, in submission order."""
+        return [
+            self._failure(r) for r in self._async.ordered() if r.state != JobState.FINISHED.value
+        ]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """Counts and wall time of the work so far."""
+        records = self._async.ordered()
+        succeeded = sum(r.state == JobState.FINISHED.value for r in records)
+        return {
+            "n_jobs": len(self.keys),
+            "n_succeeded": succeeded,
+            "n_failed": len(records) - succeeded,
+            "n_reused": self.n_reused,
+            "attempts": sum(r.attempts for r in records),
+            "wall_seconds": time.time() - self.submitted_at,
+        }
+
+    def _check(self) -> list[ResultRecord]:
+        records = self._async.ordered()
+        succeeded = sum(r.state == JobState.FINISHED.value for r in records)
+        if len(records) == len(self.keys) and succeeded < needed_successes(
+            len(self.keys), self.min_success
+        ):
+            raise WorkFailed(self.name, self.failures, len(self.keys), succeeded, self.min_success)
+        return records
+
+    def _decode(self, record: ResultRecord) -> Any:
+        if record.result is None:
+            raise RuntimeError(f"job {record.job_id} finished without a stored result")
+        return self._serializer.loads(record.result)
+
+    def _failure(self, record: ResultRecord) -> JobFailure:
+        args, kwargs = self.calls[record.idx]
+        return JobFailure(
+            key=self.keys[record.idx],
+            kwargs=kwargs if not args else {"args": args, "kwargs": kwargs},
+            error_type=record.error_type or record.state,
+            message=record.error_message or "",
+            traceback=record.traceback or "",
+            attempts=record.attempts,
+            state=record.state,
+            job_id=record.job_id,
+        )
+
+    def close(self) -> None:
+        """Stop listening for results."""
+        self._async.close()

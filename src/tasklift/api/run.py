@@ -1,0 +1,221 @@
+"""``Workflow``: packs the source, registers the run, runs the workflow function with the
+engine in context, and stores its return value or error."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tasklift import _context
+from tasklift.api.decorators import WorkflowFunction, defining_file
+from tasklift.archive import pack_source
+from tasklift.engine.core import Engine
+from tasklift.errors import ConfigError, SerializationError, SubmissionError
+from tasklift.serializers import get_serializer
+from tasklift.settings import Settings
+from tasklift.states import WorkflowState
+
+__all__ = ["Workflow", "WorkflowRun", "embedded_engine", "shutdown", "single_running_workflow"]
+
+logger = logging.getLogger(__name__)
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+_running: list[WorkflowRun] = []
+
+
+def embedded_engine(settings: Settings) -> Engine:
+    """The in-process engine for these settings (one per database, reused across runs)."""
+    url = settings.database_url
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = Engine(settings)
+            _engines[url] = engine
+        return engine
+
+
+def shutdown() -> None:
+    """Stop every embedded engine of this process (also runs at interpreter exit)."""
+    with _engines_lock:
+        engines = list(_engines.values())
+        _engines.clear()
+    for engine in engines:
+        engine.close()
+
+
+atexit.register(shutdown)
+
+
+def single_running_workflow() -> WorkflowRun | None:
+    """The workflow running in this process when there is exactly one (for helper threads)."""
+    if threading.current_thread() is threading.main_thread():
+        return None
+    return _running[0] if len(_running) == 1 else None
+
+
+@dataclass
+class WorkflowRun:
+    """A workflow while its function runs: what ``@work`` calls submit into."""
+
+    engine: Engine
+    workflow_id: int
+    name: str
+    source_dir: Path | None
+    archive_sha: str | None
+    archive_file: str | None
+    init_env: str | None
+    backend: str
+    fresh: bool
+    show_progress: bool
+    works: list[Any] = field(default_factory=list)
+
+
+class Workflow:
+    """One workflow: a steering function plus where and how its works run.
+
+    Args:
+        func: the workflow function (plain or ``@workflow``-decorated).
+        service: ``"local"`` for the embedded engine (default).
+        name: shown in listings; default: the function's name.
+        source_dir: the directory shipped to jobs; default: the directory of the file that
+            defines ``func``.
+        exclude: extra gitignore-style patterns left out of the archive.
+        init_env: command prefix (and ``;``-separated set-up) for job runners.
+        backend: where jobs run (``"local"``).
+        fresh: do not reuse finished jobs of earlier identical runs.
+        settings: explicit :class:`~tasklift.settings.Settings` (default: environment).
+    """
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        service: str | None = None,
+        name: str | None = None,
+        source_dir: str | os.PathLike[str] | None = None,
+        exclude: Sequence[str] = (),
+        init_env: str | None = None,
+        backend: str | None = None,
+        fresh: bool = False,
+        *,
+        settings: Settings | None = None,
+    ) -> None:
+        if isinstance(func, WorkflowFunction):
+            options = func.options
+            func = func.func
+            name = name or options.get("name")
+            source_dir = source_dir or options.get("source_dir")
+            exclude = tuple(exclude) or tuple(options.get("exclude", ()))
+            init_env = init_env or options.get("init_env")
+            backend = backend or options.get("backend")
+            service = service or options.get("service")
+        self.func = func
+        self.settings = settings or Settings()
+        self.service = service or self.settings.service
+        if self.service != "local":
+            raise ConfigError(
+                f"service {self.service!r} is not available in this version; use 'local'"
+            )
+        self.name = name or getattr(func, "__name__", "workflow")
+        self.exclude = tuple(exclude)
+        self.init_env = init_env
+        self.backend = backend or "local"
+        self.fresh = fresh
+        self._source_dir = Path(source_dir).resolve() if source_dir is not None else None
+        self.current_run: WorkflowRun | None = None
+        self.workflow_id: int | None = None
+
+    @property
+    def source_dir(self) -> Path:
+        """The directory shipped with the workflow."""
+        if self._source_dir is not None:
+            return self._source_dir
+        path = defining_file(self.func)
+        if path is None:
+            raise SubmissionError(
+                f"cannot find the file that defines {self.name!r} (interactive session?); "
+                "pass Workflow(source_dir=...)"
+            )
+        return path.parent
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the workflow function here and return its return value (stored too)."""
+        if _context.importing_script.get():
+            raise _context.ScriptImportStop()
+        if _context.current_workflow.get() is not None:
+            return self.func(*args, **kwargs)  # nested call: part of the running workflow
+        engine = embedded_engine(self.settings)
+        source_dir = self.source_dir
+        packed = pack_source(
+            source_dir, exclude=self.exclude, max_bytes=self.settings.archive_max_bytes
+        )
+        archive_file = engine.store_archive(packed)
+        serializer = get_serializer("json")
+        try:
+            arguments = serializer.dumps({"args": list(args), "kwargs": kwargs})
+        except SerializationError:
+            arguments = None
+        workflow_id = engine.create_workflow(
+            name=self.name,
+            function=f"{self.func.__module__}:{self.func.__qualname__}",
+            source_dir=str(source_dir),
+            archive_sha=packed.sha256,
+            archive_size=len(packed.data),
+            init_env=self.init_env,
+            backend=self.backend,
+            fresh=self.fresh,
+            arguments=arguments,
+        )
+        self.workflow_id = workflow_id
+        logger.info(
+            "workflow %s (id %d) started, archive %s", self.name, workflow_id, packed.sha256[:12]
+        )
+        run = WorkflowRun(
+            engine=engine,
+            workflow_id=workflow_id,
+            name=self.name,
+            source_dir=source_dir,
+            archive_sha=packed.sha256,
+            archive_file=archive_file,
+            init_env=self.init_env,
+            backend=self.backend,
+            fresh=self.fresh,
+            show_progress=_show_progress(self.settings),
+        )
+        self.current_run = run
+        token = _context.current_workflow.set(run)
+        _running.append(run)
+        try:
+            result = self.func(*args, **kwargs)
+        except BaseException as exc:
+            engine.finish_workflow(
+                workflow_id, WorkflowState.FAILED, None, "".join(traceback.format_exception(exc))
+            )
+            raise
+        finally:
+            _context.current_workflow.reset(token)
+            _running.remove(run)
+            self.current_run = None
+            for handle in run.works:
+                handle.close()
+        try:
+            stored = serializer.dumps(result)
+        except SerializationError:
+            stored = serializer.dumps({"__repr__": repr(result)})
+        engine.finish_workflow(workflow_id, WorkflowState.FINISHED, stored, None)
+        return result
+
+
+def _show_progress(settings: Settings) -> bool:
+    if settings.quiet:
+        return False
+    stream = sys.stderr
+    return bool(getattr(stream, "isatty", lambda: False)())

@@ -1,0 +1,197 @@
+"""Turning one ``@work`` call inside a workflow into a stored work with all its jobs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tasklift.api.decorators import UNSET, WorkFunction, defining_file
+from tasklift.api.results import Work
+from tasklift.engine.specs import WorkSpec
+from tasklift.errors import SerializationError, SubmissionError
+from tasklift.keys import canonical_json
+from tasklift.serializers import get_serializer
+
+if TYPE_CHECKING:
+    from tasklift.api.run import WorkflowRun
+
+__all__ = ["function_location", "submit_work"]
+
+logger = logging.getLogger(__name__)
+
+
+def function_location(fn: WorkFunction, source_dir: Path | None) -> tuple[str, str | None]:
+    """Return ``("module:qualname", script)`` telling a job runner how to import ``fn``.
+
+    A function in ``__main__``, or in a file of the shipped tree whose module name does not
+    match its path there, is imported by its path inside the archive (``script``).
+    """
+    func = fn.func
+    qualname = func.__qualname__
+    if "<locals>" in qualname:
+        raise SubmissionError(
+            f"@work function {qualname} is defined inside another function; define work "
+            "functions at module level so job runners can import them"
+        )
+    module = func.__module__
+    path = defining_file(func)
+    if path is not None and source_dir is not None and path.is_relative_to(source_dir):
+        relative = path.relative_to(source_dir)
+        parts = list(relative.with_suffix("").parts)
+        if parts and parts[-1] == "__init__":
+            parts = parts[:-1]
+        if module == "__main__" or ".".join(parts) != module:
+            return f"{module}:{qualname}", relative.as_posix()
+        return f"{module}:{qualname}", None
+    if module == "__main__":
+        raise SubmissionError(
+            f"@work function {qualname} is defined in a script outside the shipped source "
+            f"directory {source_dir}; set Workflow(source_dir=...) to a directory containing it"
+        )
+    return f"{module}:{qualname}", None
+
+
+def _check_json(calls: list[tuple[list[Any], dict[str, Any]]]) -> list[str]:
+    texts = []
+    for i, (args, kwargs) in enumerate(calls):
+        try:
+            texts.append(canonical_json({"args": args, "kwargs": kwargs} if args else kwargs))
+        except (TypeError, ValueError):
+            for name, value in [*((f"args[{j}]", v) for j, v in enumerate(args)), *kwargs.items()]:
+                try:
+                    canonical_json(value)
+                except (TypeError, ValueError) as exc:
+                    raise SubmissionError(
+                        f"argument {name!r} of job #{i} ({type(value).__name__}) is not "
+                        f"JSON-serializable: {exc}; pass plain values or use "
+                        "@work(serializer='pickle')",
+                        key=name,
+                    ) from None
+            raise
+    return texts
+
+
+def _pickle_texts(calls: list[tuple[list[Any], dict[str, Any]]]) -> list[str]:
+    import pickle
+
+    def default(obj: Any) -> Any:
+        try:
+            digest = hashlib.sha256(pickle.dumps(obj, protocol=4)).hexdigest()
+        except Exception as exc:
+            raise SubmissionError(
+                f"argument of type {type(obj).__name__} cannot be pickled: {exc}"
+            ) from exc
+        return {"__pickle_sha256__": digest}
+
+    return [
+        json.dumps(
+            {"args": a, "kwargs": k} if a else k,
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            default=default,
+        )
+        for a, k in calls
+    ]
+
+
+def submit_work(
+    run: WorkflowRun,
+    fn: WorkFunction,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    group: Any,
+    return_work: bool,
+) -> Any:
+    """Store one work with all its jobs, then return a handle or wait for the results."""
+    calls = fn.calls(args, kwargs, group)
+    if not calls:
+        raise SubmissionError(f"work {fn.name!r}: group_kwargs is empty; nothing to run")
+    texts = _check_json(calls) if fn.serializer == "json" else _pickle_texts(calls)
+    keys = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
+    if len(set(keys)) != len(keys):
+        seen: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            if key in seen:
+                raise SubmissionError(
+                    f"work {fn.name!r}: jobs #{seen[key]} and #{i} have identical arguments; "
+                    "jobs are identified by their kwargs (add e.g. a seed to tell them apart)",
+                    key=key,
+                )
+            seen[key] = i
+    serializer = get_serializer(fn.serializer)
+    try:
+        payloads = [
+            serializer.dumps({"args": a, "kwargs": k} if a else {"kwargs": k}) for a, k in calls
+        ]
+    except SerializationError as exc:
+        raise SubmissionError(f"work {fn.name!r}: {exc}") from exc
+    function, script = function_location(fn, run.source_dir)
+    backend = fn.backend or run.backend
+    init_env = fn.init_env if fn.init_env is not None else run.init_env
+    spec = WorkSpec(
+        work_id=0,
+        name=fn.name,
+        function=function,
+        script=script,
+        archive_sha=run.archive_sha,
+        archive_file=run.archive_file,
+        cache_dir=str(run.engine.settings.cache_dir),
+        serializer=fn.serializer,
+        timeout=fn.timeout,
+        retries=fn.retries,
+        init_env=init_env,
+        backend=backend,
+        resources=fn.resources,
+    )
+    memo_key = hashlib.sha256(
+        f"{run.archive_sha}|{function}|{script}|{fn.serializer}".encode()
+    ).hexdigest()
+    options = json.dumps(
+        {
+            "map_results": fn.map_results,
+            "retries": fn.retries,
+            "timeout": fn.timeout,
+            "resources": fn.resources,
+            "backend": backend,
+            "init_env": init_env,
+            "min_success": fn.min_success,
+            "serializer": fn.serializer,
+        }
+    )
+    spec, record = run.engine.submit_work(
+        workflow_id=run.workflow_id,
+        spec=spec,
+        memo_key=memo_key,
+        options=options,
+        min_success=fn.min_success,
+        jobs=list(zip(keys, payloads, strict=True)),
+        reuse=not run.fresh,
+    )
+    handle = Work(
+        engine=run.engine,
+        work_id=record.work_id,
+        name=fn.name,
+        keys=keys,
+        calls=calls,
+        base_args=list(args),
+        base_kwargs={**fn.pre_kwargs, **kwargs},
+        serializer=fn.serializer,
+        map_results=fn.map_results,
+        min_success=fn.min_success,
+        n_reused=record.n_reused,
+        show_progress=run.show_progress,
+    )
+    run.works.append(handle)
+    if return_work:
+        return handle
+    try:
+        if group is UNSET:
+            return handle.result()
+        return handle.results()
+    finally:
+        handle.close()

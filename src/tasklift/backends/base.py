@@ -1,0 +1,78 @@
+"""The backend interface: turn batches of jobs of one work into running job runners.
+
+Call sequence::
+
+    backend.start(sink)                 # once; sink receives outcomes and lost jobs
+    handles = backend.submit(work, jobs)   # a batch of JobSpecs of one work -> one handle each
+    backend.poll(handles)              # {handle: JobState} for the monitor
+    backend.cancel(handles)            # stop queued and running jobs
+    backend.close()
+
+Results never travel back through ``submit``: job runners report them to the sink (the local
+backend's pipe reader, or the service API for remote runners), which writes the DB first.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar, Protocol
+
+from tasklift.engine.specs import JobSpec, Outcome, WorkSpec
+from tasklift.states import JobState
+
+__all__ = ["Backend", "OutcomeSink"]
+
+
+class OutcomeSink(Protocol):
+    """Where a backend reports what happened to jobs (the engine)."""
+
+    def record_outcomes(self, outcomes: list[Outcome]) -> None:
+        """Store outcomes of finished attempts (successes and failures)."""
+        ...
+
+    def requeue(self, jobs: list[tuple[int, int]]) -> None:
+        """Put ``(job_id, attempt)`` back in the queue without charging an attempt."""
+        ...
+
+    def capacity_changed(self) -> None:
+        """Tell the engine the backend can take more jobs."""
+        ...
+
+
+class Backend(ABC):
+    """Runs jobs somewhere and reports their states."""
+
+    name: ClassVar[str] = "backend"
+
+    def start(self, sink: OutcomeSink) -> None:  # noqa: B027 - optional hook
+        """Start the backend; outcomes and lost jobs go to ``sink``."""
+
+    @abstractmethod
+    def submit(self, work: WorkSpec, jobs: Sequence[JobSpec]) -> list[str]:
+        """Start ``jobs`` of ``work``; return one opaque handle per job.
+
+        Raises:
+            BackendError: the jobs could not be handed over (nothing was started).
+        """
+
+    @abstractmethod
+    def poll(self, handles: Sequence[str]) -> dict[str, JobState]:
+        """Return the state of each handle (``LOST`` when the backend lost it)."""
+
+    @abstractmethod
+    def cancel(self, handles: Sequence[str]) -> None:
+        """Stop the jobs behind ``handles``, queued or running."""
+
+    def free_slots(self, work: WorkSpec) -> int:
+        """How many more jobs of ``work`` the backend wants now (own queue: many)."""
+        return 1 << 30
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Stop everything and release resources."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,424 @@
+"""The ``local`` backend: persistent worker processes on this machine, fed over pipes.
+
+URL format: ``local`` (``TASKLIFT_WORKERS`` workers, default: number of cores).
+Supports: batches, adaptive prefetch, per-job timeouts (the worker is killed and replaced),
+worker death (the running job is retried, queued ones are requeued), ``init_env`` (a pool of
+workers started through the prefix), cancel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import pickle
+import selectors
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from tasklift.backends.base import Backend, OutcomeSink
+from tasklift.engine.specs import JobSpec, Outcome, WorkSpec
+from tasklift.errors import BackendError
+from tasklift.framing import HEADER, encode_frame
+from tasklift.states import JobState
+
+__all__ = ["LocalBackend", "worker_command"]
+
+logger = logging.getLogger(__name__)
+
+TARGET_QUEUE_SECONDS = 0.02
+"""How much work (by measured duration) to queue at each worker ahead of time."""
+
+
+def worker_command(python: str, init_env: str | None) -> list[str]:
+    """Return the argv that starts one worker, through ``init_env`` when given.
+
+    ``init_env`` is a command prefix, optionally preceded by set-up commands separated by
+    ``;`` (as in iDDS): ``"source setup.sh; apptainer exec base.sif"``.
+    """
+    runner = [python, "-m", "tasklift.runner", "worker"]
+    if not init_env or not init_env.strip():
+        return runner
+    parts = [part.strip() for part in init_env.split(";")]
+    prefix = parts[-1]
+    setup = [part for part in parts[:-1] if part]
+    script = "; ".join([*setup, f"exec {prefix} {shlex.join(runner)}".replace("exec  ", "exec ")])
+    return ["/bin/bash", "-c", script]
+
+
+@dataclass
+class _Worker:
+    proc: subprocess.Popen[bytes]
+    env_key: str | None
+    write_fd: int
+    read_fd: int
+    inflight: deque[tuple[int, int, int]] = field(default_factory=deque)  # job, attempt, work
+    works_sent: set[int] = field(default_factory=set)
+    outbuf: bytearray = field(default_factory=bytearray)
+    inbuf: bytearray = field(default_factory=bytearray)
+    head_started: float = 0.0
+    dead: bool = False
+
+
+class LocalBackend(Backend):
+    """Runs jobs in persistent worker processes on this machine."""
+
+    name: ClassVar[str] = "local"
+
+    def __init__(self, *, workers: int | None = None, python: str | None = None) -> None:
+        self.n_workers = workers or os.cpu_count() or 1
+        self.python = python or sys.executable
+        self._sink: OutcomeSink | None = None
+        self._lock = threading.RLock()
+        self._pools: dict[str | None, list[_Worker]] = {}
+        self._by_fd: dict[int, _Worker] = {}
+        self._works: dict[int, WorkSpec] = {}
+        self._durations: dict[int, float] = {}
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, sink: OutcomeSink) -> None:
+        """Start the I/O thread and the default pool of workers."""
+        self._sink = sink
+        with self._lock:
+            self._pool(None)
+        self._thread = threading.Thread(target=self._io_loop, name="tasklift-local-io", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop all workers (closing their stdin, then killing stragglers)."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            workers = [w for pool in self._pools.values() for w in pool]
+        self._wakeup()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for worker in workers:
+            _close_fd(worker.write_fd)
+        deadline = time.monotonic() + 2
+        for worker in workers:
+            try:
+                worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _kill(worker.proc)
+                worker.proc.wait(timeout=5)
+            _close_fd(worker.read_fd)
+        self._selector.close()
+        _close_fd(self._wake_r)
+        _close_fd(self._wake_w)
+
+    # ------------------------------------------------------------------ interface
+    def free_slots(self, work: WorkSpec) -> int:
+        """Jobs of ``work`` that fit in the workers' prefetch windows right now."""
+        with self._lock:
+            if self._closing:
+                return 0
+            pool = self._pool(work.init_env)
+            window = self._window(work)
+            return sum(max(0, window - len(w.inflight)) for w in pool if not w.dead)
+
+    def submit(self, work: WorkSpec, jobs: Sequence[JobSpec]) -> list[str]:
+        """Queue ``jobs`` at the least busy workers of ``work``'s pool."""
+        if not jobs:
+            return []
+        with self._lock:
+            if self._closing:
+                raise BackendError("local backend is closed")
+            self._works[work.work_id] = work
+            pool = [w for w in self._pool(work.init_env) if not w.dead]
+            if not pool:
+                raise BackendError("local backend has no live workers")
+            window = self._window(work)
+            assigned: dict[int, list[JobSpec]] = {}
+            handles = []
+            now = time.monotonic()
+            order = sorted(pool, key=lambda w: len(w.inflight))
+            i = 0
+            for job in jobs:
+                # fill the emptiest workers first, round-robin beyond the window
+                worker = order[i % len(order)]
+                if len(worker.inflight) >= window:
+                    order.sort(key=lambda w: len(w.inflight))
+                    i = 0
+                    worker = order[0]
+                i += 1
+                if not worker.inflight:
+                    worker.head_started = now
+                worker.inflight.append((job.job_id, job.attempt, work.work_id))
+                assigned.setdefault(worker.proc.pid, []).append(job)
+                handles.append(f"local:{worker.proc.pid}:{job.job_id}")
+            for worker in pool:
+                batch = assigned.get(worker.proc.pid)
+                if not batch:
+                    continue
+                if work.work_id not in worker.works_sent:
+                    worker.works_sent.add(work.work_id)
+                    self._queue_frame(worker, ("work", work))
+                self._queue_frame(worker, ("jobs", work.work_id, batch))
+                self._flush(worker)
+        return handles
+
+    def poll(self, handles: Sequence[str]) -> dict[str, JobState]:
+        """Report RUNNING for a worker's head job, QUEUED behind it, LOST when unknown."""
+        with self._lock:
+            where: dict[int, JobState] = {}
+            for pool in self._pools.values():
+                for worker in pool:
+                    for position, (job_id, _, _) in enumerate(worker.inflight):
+                        where[job_id] = JobState.RUNNING if position == 0 else JobState.QUEUED
+        return {h: where.get(int(h.rsplit(":", 1)[1]), JobState.LOST) for h in handles}
+
+    def cancel(self, handles: Sequence[str]) -> None:
+        """Drop queued jobs at their workers; kill the worker of a running one."""
+        ids = {int(h.rsplit(":", 1)[1]) for h in handles}
+        to_kill = []
+        with self._lock:
+            for pool in self._pools.values():
+                for worker in pool:
+                    hit = [entry for entry in worker.inflight if entry[0] in ids]
+                    if not hit:
+                        continue
+                    if worker.inflight[0][0] in ids:
+                        to_kill.append(worker)
+                    worker.inflight = deque(e for e in worker.inflight if e[0] not in ids)
+                    self._queue_frame(worker, ("cancel", [e[0] for e in hit]))
+                    self._flush(worker)
+        for worker in to_kill:
+            self._replace(worker, reason=None)
+
+    # ------------------------------------------------------------------ internals
+    def _window(self, work: WorkSpec) -> int:
+        duration = self._durations.get(work.work_id)
+        if duration is None:
+            return 2
+        return max(2, min(512, math.ceil(TARGET_QUEUE_SECONDS / max(duration, 1e-6))))
+
+    def _pool(self, init_env: str | None) -> list[_Worker]:
+        key = init_env.strip() if init_env and init_env.strip() else None
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = [self._spawn(key) for _ in range(self.n_workers)]
+            self._pools[key] = pool
+        return pool
+
+    def _spawn(self, env_key: str | None) -> _Worker:
+        argv = worker_command(self.python, env_key)
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
+            )
+        except OSError as exc:
+            raise BackendError(f"cannot start a local worker ({argv[0]}): {exc}") from exc
+        assert proc.stdin is not None and proc.stdout is not None
+        write_fd = os.dup(proc.stdin.fileno())
+        read_fd = os.dup(proc.stdout.fileno())
+        proc.stdin.close()
+        proc.stdout.close()
+        os.set_blocking(write_fd, False)
+        os.set_blocking(read_fd, False)
+        worker = _Worker(proc=proc, env_key=env_key, write_fd=write_fd, read_fd=read_fd)
+        self._by_fd[read_fd] = worker
+        self._selector.register(read_fd, selectors.EVENT_READ, worker)
+        self._wakeup()
+        logger.debug("started local worker pid %d (%s)", proc.pid, env_key or "no init_env")
+        return worker
+
+    def _queue_frame(self, worker: _Worker, message: object) -> None:
+        worker.outbuf += encode_frame(message)
+
+    def _flush(self, worker: _Worker) -> None:
+        if worker.dead or not worker.outbuf:
+            return
+        try:
+            written = os.write(worker.write_fd, worker.outbuf)
+        except BlockingIOError:
+            written = 0
+        except (BrokenPipeError, OSError):
+            return  # the read side notices the death
+        del worker.outbuf[:written]
+        if worker.outbuf:
+            self._wakeup()  # the I/O thread finishes the write when the pipe drains
+
+    def _wakeup(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"x")
+
+    def _io_loop(self) -> None:
+        while True:
+            with self._lock:
+                if self._closing:
+                    return
+                timeout = self._next_deadline()
+                writers = [w for pool in self._pools.values() for w in pool if w.outbuf]
+            for worker in writers:
+                with self._lock:
+                    self._flush(worker)
+            events = self._selector.select(timeout)
+            for key, _ in events:
+                if key.data is None:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 65536)
+                    continue
+                self._read(key.data)
+            self._check_timeouts()
+
+    def _read(self, worker: _Worker) -> None:
+        try:
+            chunk = os.read(worker.read_fd, 1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._on_death(worker)
+            return
+        worker.inbuf += chunk
+        outcomes: list[Outcome] = []
+        while len(worker.inbuf) >= HEADER.size:
+            (size,) = HEADER.unpack_from(worker.inbuf)
+            if len(worker.inbuf) < HEADER.size + size:
+                break
+            message = pickle.loads(worker.inbuf[HEADER.size : HEADER.size + size])
+            del worker.inbuf[: HEADER.size + size]
+            if message[0] == "done":
+                outcomes.extend(message[1])
+        if not outcomes:
+            return
+        now = time.monotonic()
+        with self._lock:
+            done = {(o.job_id, o.attempt) for o in outcomes}
+            work_of = {e[0]: e[2] for e in worker.inflight}
+            worker.inflight = deque(e for e in worker.inflight if (e[0], e[1]) not in done)
+            worker.head_started = now
+            for outcome in outcomes:
+                work_id = work_of.get(outcome.job_id)
+                if work_id is not None and outcome.started_at and outcome.finished_at:
+                    self._learn(work_id, outcome.finished_at - outcome.started_at)
+        assert self._sink is not None
+        self._sink.record_outcomes(outcomes)
+        self._sink.capacity_changed()
+
+    def _learn(self, work_id: int, duration: float) -> None:
+        old = self._durations.get(work_id)
+        self._durations[work_id] = duration if old is None else 0.7 * old + 0.3 * duration
+
+    def _next_deadline(self) -> float | None:
+        deadline = None
+        now = time.monotonic()
+        for pool in self._pools.values():
+            for worker in pool:
+                if not worker.inflight:
+                    continue
+                spec = self._works.get(worker.inflight[0][2])
+                if spec is None or spec.timeout is None:
+                    continue
+                remaining = worker.head_started + spec.timeout - now
+                deadline = remaining if deadline is None else min(deadline, remaining)
+        if deadline is None:
+            return None
+        return max(0.0, deadline)
+
+    def _check_timeouts(self) -> None:
+        now = time.monotonic()
+        expired = []
+        with self._lock:
+            for pool in self._pools.values():
+                for worker in pool:
+                    if not worker.inflight or worker.dead:
+                        continue
+                    spec = self._works.get(worker.inflight[0][2])
+                    if spec and spec.timeout is not None:
+                        if now - worker.head_started > spec.timeout:
+                            expired.append((worker, spec.timeout))
+        for worker, timeout in expired:
+            self._replace(
+                worker,
+                reason=("Timeout", f"job exceeded its timeout of {timeout:g} s and was killed"),
+            )
+
+    def _on_death(self, worker: _Worker) -> None:
+        code = worker.proc.poll()
+        if code is None:
+            try:
+                code = worker.proc.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                code = None
+        if code is not None and code < 0:
+            how = f"killed by signal {signal.Signals(-code).name}"
+        else:
+            how = f"exited with code {code}"
+        self._replace(worker, reason=("WorkerLost", f"worker process {how} while running the job"))
+
+    def _replace(self, worker: _Worker, reason: tuple[str, str] | None) -> None:
+        """Kill ``worker``, report its running job, requeue the rest, start a new one."""
+        with self._lock:
+            if worker.dead:
+                return
+            worker.dead = True
+            inflight = list(worker.inflight)
+            worker.inflight.clear()
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(worker.read_fd)
+            self._by_fd.pop(worker.read_fd, None)
+            pool = self._pools.get(worker.env_key, [])
+            if worker in pool:
+                pool.remove(worker)
+            if not self._closing:
+                pool.append(self._spawn(worker.env_key))
+        _kill(worker.proc)
+        try:
+            worker.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            logger.warning("worker pid %d did not die after SIGKILL", worker.proc.pid)
+        _close_fd(worker.write_fd)
+        _close_fd(worker.read_fd)
+        assert self._sink is not None
+        if inflight and reason is not None:
+            job_id, attempt, _ = inflight[0]
+            now = time.time()
+            self._sink.record_outcomes(
+                [
+                    Outcome(
+                        job_id,
+                        attempt,
+                        ok=False,
+                        error_type=reason[0],
+                        error_message=reason[1],
+                        started_at=now,
+                        finished_at=now,
+                    )
+                ]
+            )
+            inflight = inflight[1:]
+        if inflight:
+            self._sink.requeue([(job_id, attempt) for job_id, attempt, _ in inflight])
+        self._sink.capacity_changed()
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+
+
+def _close_fd(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)

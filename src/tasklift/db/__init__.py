@@ -1,0 +1,1 @@
+"""Persistence: ORM models, engine/session set-up, queries and Alembic migrations."""

@@ -1,0 +1,151 @@
+"""ORM models: workflows, works, jobs, job attempts and archives (the schema of record).
+
+Times are float seconds since the epoch (UTC), which keeps bulk writes cheap on every dialect.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["Archive", "Base", "Job", "JobAttempt", "Work", "Workflow"]
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a constraint naming convention (stable Alembic diffs)."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Workflow(Base):
+    """One run of a ``@workflow`` function."""
+
+    __tablename__ = "workflows"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    owner: Mapped[str] = mapped_column(String(200), default="local", index=True)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    function: Mapped[str] = mapped_column(String(500))
+    source_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
+    archive_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    archive_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    init_env: Mapped[str | None] = mapped_column(Text, nullable=True)
+    backend: Mapped[str] = mapped_column(String(200), default="local")
+    fresh: Mapped[bool] = mapped_column(default=False)
+    arguments: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    result: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    client_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    client_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("workflows.id"), nullable=True, index=True
+    )
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Work(Base):
+    """One ``@work`` call inside a workflow: N jobs with shared options.
+
+    The ``n_*`` counters are maintained on every write so listings never count rows.
+    """
+
+    __tablename__ = "works"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    workflow_id: Mapped[int] = mapped_column(ForeignKey("workflows.id"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    function: Mapped[str] = mapped_column(String(500))
+    script: Mapped[str | None] = mapped_column(Text, nullable=True)
+    archive_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    memo_key: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    options: Mapped[str] = mapped_column(Text)
+    n_jobs: Mapped[int] = mapped_column(Integer, default=0)
+    n_finished: Mapped[int] = mapped_column(Integer, default=0)
+    n_failed: Mapped[int] = mapped_column(Integer, default=0)
+    n_cancelled: Mapped[int] = mapped_column(Integer, default=0)
+    n_reused: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (UniqueConstraint("workflow_id", "seq"),)
+
+
+class Job(Base):
+    """One execution of a work's function with one kwargs dict."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    work_id: Mapped[int] = mapped_column(ForeignKey("works.id"))
+    idx: Mapped[int] = mapped_column(Integer)
+    key: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    state: Mapped[str] = mapped_column(String(20))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    error_type: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    traceback: Mapped[str | None] = mapped_column(Text, nullable=True)
+    stdout: Mapped[str | None] = mapped_column(Text, nullable=True)
+    stderr: Mapped[str | None] = mapped_column(Text, nullable=True)
+    metrics: Mapped[str | None] = mapped_column(Text, nullable=True)
+    backend_handle: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    reused_from: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("work_id", "idx"),
+        Index("ix_jobs_work_id_state", "work_id", "state"),
+        Index("ix_jobs_key", "key"),
+    )
+
+
+class JobAttempt(Base):
+    """An attempt of a job that did not succeed (the job row holds the last attempt)."""
+
+    __tablename__ = "job_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(20))
+    error_type: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    traceback: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Archive(Base):
+    """A content-addressed source archive known to this database."""
+
+    __tablename__ = "archives"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    n_files: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[float] = mapped_column(Float)

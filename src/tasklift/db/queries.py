@@ -1,0 +1,334 @@
+"""Database operations, as functions taking a connection. They never commit: callers own
+the transaction (``with engine.begin() as conn: ...``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
+
+from tasklift.db.models import Archive, Job, JobAttempt, Work, Workflow
+from tasklift.states import JobState, WorkflowState
+
+__all__ = [
+    "ResultRecord",
+    "chunks",
+    "find_memo",
+    "insert_jobs",
+    "result_records",
+]
+
+workflows = Workflow.__table__
+works = Work.__table__
+jobs = Job.__table__
+attempts = JobAttempt.__table__
+archives = Archive.__table__
+
+TERMINAL = [
+    s.value
+    for s in (
+        JobState.FINISHED,
+        JobState.FAILED,
+        JobState.CANCELLED,
+        JobState.UPSTREAM_FAILED,
+        JobState.SKIPPED,
+    )
+]
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """A terminal job as a waiting submitter sees it (DB row or bus message)."""
+
+    job_id: int
+    idx: int
+    state: str
+    result: bytes | None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    attempts: int = 0
+
+
+def chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
+    """Yield ``items`` in slices of ``size`` (keeps IN lists and bind counts bounded)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def insert_workflow(conn: Connection, **values: Any) -> int:
+    """Insert a workflow row and return its id."""
+    values.setdefault("created_at", time.time())
+    values.setdefault("status", WorkflowState.RUNNING.value)
+    return int(conn.execute(insert(workflows).values(**values)).inserted_primary_key[0])
+
+
+def finish_workflow(
+    conn: Connection, workflow_id: int, status: str, result: bytes | None, error: str | None
+) -> None:
+    """Store a workflow's end: status, return value or error."""
+    conn.execute(
+        update(workflows)
+        .where(workflows.c.id == workflow_id)
+        .values(status=status, result=result, error=error, finished_at=time.time())
+    )
+
+
+def upsert_archive(conn: Connection, sha256: str, size: int, n_files: int) -> None:
+    """Record an archive once (a known hash is left as it is)."""
+    exists = conn.execute(select(archives.c.sha256).where(archives.c.sha256 == sha256)).first()
+    if exists is None:
+        conn.execute(
+            insert(archives).values(
+                sha256=sha256, size=size, n_files=n_files, created_at=time.time()
+            )
+        )
+
+
+def next_work_seq(conn: Connection, workflow_id: int) -> int:
+    """The sequence number of the next work in a workflow."""
+    current = conn.execute(
+        select(func.max(works.c.seq)).where(works.c.workflow_id == workflow_id)
+    ).scalar()
+    return 0 if current is None else int(current) + 1
+
+
+def insert_work(conn: Connection, **values: Any) -> int:
+    """Insert a work row and return its id."""
+    values.setdefault("created_at", time.time())
+    return int(conn.execute(insert(works).values(**values)).inserted_primary_key[0])
+
+
+def insert_jobs(conn: Connection, work_id: int, rows: Sequence[tuple[str, bytes]]) -> list[int]:
+    """Bulk-insert one job per ``(key, payload)`` row (in order) and return their ids."""
+    now = time.time()
+    state = JobState.PENDING.value
+    for batch_start, batch in zip(range(0, len(rows), 5000), chunks(rows, 5000), strict=True):
+        conn.execute(
+            insert(jobs),
+            [
+                {
+                    "work_id": work_id,
+                    "idx": batch_start + i,
+                    "key": key,
+                    "payload": payload,
+                    "state": state,
+                    "attempts": 0,
+                    "created_at": now,
+                }
+                for i, (key, payload) in enumerate(batch)
+            ],
+        )
+    return [
+        int(r)
+        for r in conn.execute(
+            select(jobs.c.id).where(jobs.c.work_id == work_id).order_by(jobs.c.idx)
+        ).scalars()
+    ]
+
+
+def find_memo(conn: Connection, memo_key: str, keys: Sequence[str]) -> dict[str, tuple[int, bytes]]:
+    """Finished jobs of earlier works with the same memo key: ``{key: (job id, result)}``."""
+    earlier = (
+        conn.execute(select(works.c.id).where(works.c.memo_key == memo_key, works.c.n_finished > 0))
+        .scalars()
+        .all()
+    )
+    if not earlier:
+        return {}
+    found: dict[str, tuple[int, bytes]] = {}
+    for work_ids in chunks(list(earlier), 200):
+        for key_batch in chunks(list(keys), 500):
+            rows = conn.execute(
+                select(jobs.c.key, jobs.c.id, jobs.c.result).where(
+                    and_(
+                        jobs.c.work_id.in_(work_ids),
+                        jobs.c.state == JobState.FINISHED.value,
+                        jobs.c.key.in_(key_batch),
+                    )
+                )
+            )
+            for key, job_id, result in rows:
+                found.setdefault(key, (int(job_id), result))
+    return found
+
+
+def mark_reused(conn: Connection, reused: Sequence[tuple[int, int, bytes]]) -> None:
+    """Finish jobs with results of earlier identical jobs: ``(job id, source id, result)``."""
+    now = time.time()
+    if reused:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == bindparam("_id"))
+            .values(
+                state=JobState.FINISHED.value,
+                result=bindparam("_result"),
+                reused_from=bindparam("_src"),
+                finished_at=now,
+            ),
+            [{"_id": j, "_src": s, "_result": r} for j, s, r in reused],
+        )
+
+
+def mark_dispatched(
+    conn: Connection, dispatched: Sequence[tuple[int, int]], handles: Sequence[str]
+) -> None:
+    """Record that jobs were handed to a backend: ``(job id, attempt)`` with handles."""
+    conn.execute(
+        update(jobs)
+        .where(jobs.c.id == bindparam("_id"))
+        .values(
+            state=JobState.QUEUED.value,
+            attempts=bindparam("_attempt"),
+            backend_handle=bindparam("_handle"),
+        ),
+        [
+            {"_id": job_id, "_attempt": attempt, "_handle": handle}
+            for (job_id, attempt), handle in zip(dispatched, handles, strict=True)
+        ],
+    )
+
+
+def store_terminal(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Write terminal job rows (keys: _id, state, result, error_*, attempts, times, logs)."""
+    if rows:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == bindparam("_id"))
+            .values(
+                state=bindparam("_state"),
+                result=bindparam("_result"),
+                error_type=bindparam("_error_type"),
+                error_message=bindparam("_error_message"),
+                traceback=bindparam("_traceback"),
+                attempts=bindparam("_attempts"),
+                started_at=bindparam("_started_at"),
+                finished_at=bindparam("_finished_at"),
+                stdout=bindparam("_stdout"),
+            ),
+            list(rows),
+        )
+
+
+def store_retries(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Put jobs back to pending and keep the failed attempt in the attempt history."""
+    if not rows:
+        return
+    conn.execute(
+        update(jobs)
+        .where(jobs.c.id == bindparam("_id"))
+        .values(state=JobState.PENDING.value, attempts=bindparam("_attempts")),
+        [{"_id": r["_id"], "_attempts": r["_attempts"]} for r in rows],
+    )
+    conn.execute(
+        insert(attempts),
+        [
+            {
+                "job_id": r["_id"],
+                "attempt": r["_attempts"],
+                "state": JobState.FAILED.value,
+                "error_type": r["_error_type"],
+                "error_message": r["_error_message"],
+                "traceback": r["_traceback"],
+                "started_at": r["_started_at"],
+                "finished_at": r["_finished_at"],
+            }
+            for r in rows
+        ],
+    )
+
+
+def requeue_jobs(conn: Connection, requeued: Sequence[tuple[int, int]]) -> None:
+    """Put ``(job id, attempts-so-far)`` back to pending without charging an attempt."""
+    if requeued:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == bindparam("_id"))
+            .values(state=JobState.PENDING.value, attempts=bindparam("_attempts")),
+            [{"_id": j, "_attempts": a} for j, a in requeued],
+        )
+
+
+def bump_work_counters(
+    conn: Connection, work_id: int, finished: int, failed: int, cancelled: int
+) -> None:
+    """Add to a work's terminal counters."""
+    conn.execute(
+        update(works)
+        .where(works.c.id == work_id)
+        .values(
+            n_finished=works.c.n_finished + finished,
+            n_failed=works.c.n_failed + failed,
+            n_cancelled=works.c.n_cancelled + cancelled,
+        )
+    )
+
+
+def set_work_status(conn: Connection, work_id: int, status: str, finished: bool) -> None:
+    """Set a work's status (and its end time when it is terminal)."""
+    values: dict[str, Any] = {"status": status}
+    if finished:
+        values["finished_at"] = time.time()
+    conn.execute(update(works).where(works.c.id == work_id).values(**values))
+
+
+def cancel_open_jobs(conn: Connection, work_id: int, message: str) -> list[tuple[int, int]]:
+    """Cancel a work's non-terminal jobs; return ``(job id, idx)`` of those cancelled."""
+    open_rows = conn.execute(
+        select(jobs.c.id, jobs.c.idx).where(
+            jobs.c.work_id == work_id, jobs.c.state.not_in(TERMINAL)
+        )
+    ).all()
+    if open_rows:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.work_id == work_id, jobs.c.state.not_in(TERMINAL))
+            .values(
+                state=JobState.CANCELLED.value,
+                error_type="Cancelled",
+                error_message=message,
+                finished_at=time.time(),
+            )
+        )
+    return [(int(a), int(b)) for a, b in open_rows]
+
+
+def result_records(conn: Connection, work_id: int) -> list[ResultRecord]:
+    """Every terminal job of a work, in submission order."""
+    rows = conn.execute(
+        select(
+            jobs.c.id,
+            jobs.c.idx,
+            jobs.c.state,
+            jobs.c.result,
+            jobs.c.error_type,
+            jobs.c.error_message,
+            jobs.c.traceback,
+            jobs.c.attempts,
+        )
+        .where(jobs.c.work_id == work_id, jobs.c.state.in_(TERMINAL))
+        .order_by(jobs.c.idx)
+    )
+    return [
+        ResultRecord(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5], r[6], int(r[7])) for r in rows
+    ]
+
+
+def pending_jobs(
+    conn: Connection, work_id: int, after_idx: int, limit: int
+) -> list[tuple[int, int, int, bytes]]:
+    """Pending jobs of a work with ``idx > after_idx``: ``(id, idx, attempts, payload)``."""
+    rows = conn.execute(
+        select(jobs.c.id, jobs.c.idx, jobs.c.attempts, jobs.c.payload)
+        .where(
+            jobs.c.work_id == work_id,
+            jobs.c.idx > after_idx,
+            jobs.c.state == JobState.PENDING.value,
+        )
+        .order_by(jobs.c.idx)
+        .limit(limit)
+    )
+    return [(int(a), int(b), int(c), d) for a, b, c, d in rows]

@@ -1,0 +1,514 @@
+"""The engine: one instance per service (in-process for ``service="local"``).
+
+It stores works and their jobs in bulk, hands jobs to backends in batches, records outcomes
+(DB first, then the bus), applies retries, and keeps per-work counters and states.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine as DBEngine
+from sqlalchemy import select
+
+from tasklift.archive import PackedArchive, archive_path, store_archive
+from tasklift.backends.base import Backend
+from tasklift.bus.base import Bus
+from tasklift.bus.embedded import EmbeddedBus
+from tasklift.db import queries as q
+from tasklift.db.session import create_db_engine, upgrade
+from tasklift.engine.specs import JobSpec, Outcome, WorkSpec
+from tasklift.engine.state import decide, work_state
+from tasklift.errors import BackendError, ConfigError, NotFoundError
+from tasklift.settings import Settings
+from tasklift.states import WORK_TERMINAL, JobState, WorkflowState, WorkState
+
+__all__ = ["Engine", "WorkRecord", "work_destination"]
+
+logger = logging.getLogger(__name__)
+
+IN_MEMORY_JOBS = 20_000
+"""Works up to this size keep their pending jobs in memory; larger ones page from the DB."""
+PAGE = 5_000
+
+
+def work_destination(work_id: int) -> str:
+    """The bus destination of a work's results."""
+    return f"work.{work_id}"
+
+
+@dataclass
+class WorkRecord:
+    """What the engine returns for a new work."""
+
+    work_id: int
+    n_jobs: int
+    n_reused: int
+
+
+@dataclass
+class _Live:
+    """In-memory state of a work that still has jobs to dispatch or to hear from."""
+
+    spec: WorkSpec
+    n_jobs: int
+    min_success: float
+    finished: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    pending: deque[JobSpec] = field(default_factory=deque)
+    retries: deque[JobSpec] = field(default_factory=deque)
+    page_after: int | None = None  # next DB page starts after this idx (large works)
+    idx_of: dict[int, int] = field(default_factory=dict)
+
+    def has_pending(self) -> bool:
+        return bool(self.retries or self.pending or self.page_after is not None)
+
+
+class Engine:
+    """Stores, dispatches and records jobs; the same code in-process and in the server."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        bus: Bus | None = None,
+        backend_factory: Callable[[str], Backend] | None = None,
+        auto_upgrade: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.db: DBEngine = create_db_engine(settings.database_url)
+        if auto_upgrade:
+            upgrade(self.db)
+        self.bus = bus or EmbeddedBus()
+        self._backend_factory = backend_factory or self._default_backend
+        self._backends: dict[str, Backend] = {}
+        self._lock = threading.RLock()
+        self._live: dict[int, _Live] = {}
+        self._active: dict[int, tuple[int, int, bytes]] = {}  # job -> work, attempt, payload
+        self._handles: dict[int, str] = {}
+        self._closed = False
+        self.settings.archive_dir.mkdir(parents=True, exist_ok=True)
+        self.settings.cache_dir.mkdir(parents=True, exist_ok=True)
+        self._recover_orphans()
+
+    # ------------------------------------------------------------------ backends
+    def _default_backend(self, name: str) -> Backend:
+        if name == "local":
+            from tasklift.backends.local import LocalBackend
+
+            return LocalBackend(workers=self.settings.workers)
+        raise ConfigError(f"unknown backend {name!r}; known: local")
+
+    def backend(self, name: str) -> Backend:
+        """Return the started backend called ``name``."""
+        with self._lock:
+            backend = self._backends.get(name)
+            if backend is None:
+                backend = self._backend_factory(name)
+                backend.start(self)
+                self._backends[name] = backend
+            return backend
+
+    # ------------------------------------------------------------------ workflows
+    def create_workflow(self, **values: Any) -> int:
+        """Register a workflow run and return its id."""
+        values.setdefault("client_host", socket.gethostname())
+        values.setdefault("client_pid", os.getpid())
+        with self.db.begin() as conn:
+            return q.insert_workflow(conn, **values)
+
+    def finish_workflow(
+        self, workflow_id: int, status: WorkflowState, result: bytes | None, error: str | None
+    ) -> None:
+        """Store the end of a workflow run."""
+        with self.db.begin() as conn:
+            q.finish_workflow(conn, workflow_id, status.value, result, error)
+
+    def store_archive(self, packed: PackedArchive) -> str:
+        """Keep an archive in the content store (once per hash); return its path."""
+        path = store_archive(self.settings.archive_dir, packed)
+        with self.db.begin() as conn:
+            q.upsert_archive(conn, packed.sha256, len(packed.data), packed.n_files)
+        return str(path)
+
+    def archive_file(self, sha256: str) -> str:
+        """Where the archive with this hash lives in the content store."""
+        return str(archive_path(self.settings.archive_dir, sha256))
+
+    # ------------------------------------------------------------------ works
+    def submit_work(
+        self,
+        *,
+        workflow_id: int,
+        spec: WorkSpec,
+        memo_key: str,
+        options: str,
+        min_success: float,
+        jobs: Sequence[tuple[str, bytes]],
+        reuse: bool,
+    ) -> tuple[WorkSpec, WorkRecord]:
+        """Store a work with all its jobs in one transaction and queue them.
+
+        Finished jobs of earlier works with the same ``memo_key`` and key are reused (their
+        result copied, nothing runs) when ``reuse`` is true.
+        """
+        with self.db.begin() as conn:
+            seq = q.next_work_seq(conn, workflow_id)
+            work_id = q.insert_work(
+                conn,
+                workflow_id=workflow_id,
+                seq=seq,
+                name=spec.name,
+                function=spec.function,
+                script=spec.script,
+                archive_sha=spec.archive_sha,
+                memo_key=memo_key,
+                status=WorkState.RUNNING.value,
+                options=options,
+                n_jobs=len(jobs),
+            )
+            job_ids = q.insert_jobs(conn, work_id, jobs)
+            reused: list[tuple[int, int, bytes]] = []
+            if reuse:
+                memo = q.find_memo(conn, memo_key, [key for key, _ in jobs])
+                for job_id, (key, _) in zip(job_ids, jobs, strict=True):
+                    hit = memo.get(key)
+                    if hit is not None:
+                        reused.append((job_id, hit[0], hit[1]))
+                q.mark_reused(conn, reused)
+                if reused:
+                    q.bump_work_counters(conn, work_id, len(reused), 0, 0)
+                    conn.execute(
+                        q.works.update().where(q.works.c.id == work_id).values(n_reused=len(reused))
+                    )
+            status = work_state(len(jobs), len(reused), 0, 0, min_success)
+            if status in WORK_TERMINAL:
+                q.set_work_status(conn, work_id, status.value, finished=True)
+        spec = WorkSpec(**{**spec.__dict__, "work_id": work_id})
+        live = _Live(spec=spec, n_jobs=len(jobs), min_success=min_success, finished=len(reused))
+        reused_ids = {r[0] for r in reused}
+        if len(jobs) <= IN_MEMORY_JOBS:
+            for idx, (job_id, (_, payload)) in enumerate(zip(job_ids, jobs, strict=True)):
+                if job_id not in reused_ids:
+                    live.pending.append(JobSpec(job_id, 1, payload))
+                    live.idx_of[job_id] = idx
+        else:
+            live.page_after = -1
+        if reused:
+            logger.info("work %s: reused %d of %d finished jobs", spec.name, len(reused), len(jobs))
+        record = WorkRecord(work_id=work_id, n_jobs=len(jobs), n_reused=len(reused))
+        if status not in WORK_TERMINAL:
+            with self._lock:
+                self._live[work_id] = live
+                self._dispatch()
+        return spec, record
+
+    def results(self, work_id: int) -> list[q.ResultRecord]:
+        """Every terminal job of a work (from the DB), in submission order."""
+        with self.db.connect() as conn:
+            return q.result_records(conn, work_id)
+
+    def work_row(self, work_id: int) -> dict[str, Any]:
+        """The work's row as a dict."""
+        with self.db.connect() as conn:
+            row = conn.execute(select(q.works).where(q.works.c.id == work_id)).mappings().first()
+        if row is None:
+            raise NotFoundError(f"work {work_id} does not exist")
+        return dict(row)
+
+    def running_count(self, work_id: int) -> int:
+        """How many jobs of a work are handed to a backend right now."""
+        with self._lock:
+            return sum(1 for w, _, _ in self._active.values() if w == work_id)
+
+    def cancel_work(self, work_id: int, message: str = "cancelled by the user") -> int:
+        """Cancel a work's queued and running jobs; return how many were cancelled."""
+        with self._lock:
+            live = self._live.pop(work_id, None)
+            handles = [
+                self._handles.pop(job_id)
+                for job_id, (w, _, _) in list(self._active.items())
+                if w == work_id and job_id in self._handles
+            ]
+            for job_id, (w, _, _) in list(self._active.items()):
+                if w == work_id:
+                    del self._active[job_id]
+            with self.db.begin() as conn:
+                cancelled = q.cancel_open_jobs(conn, work_id, message)
+                q.bump_work_counters(conn, work_id, 0, 0, len(cancelled))
+                row = conn.execute(
+                    select(
+                        q.works.c.n_jobs,
+                        q.works.c.n_finished,
+                        q.works.c.n_failed,
+                        q.works.c.n_cancelled,
+                    ).where(q.works.c.id == work_id)
+                ).first()
+                if row is None:
+                    raise NotFoundError(f"work {work_id} does not exist")
+                state = work_state(
+                    row[0], row[1], row[2], row[3], 1.0 if live is None else live.min_success
+                )
+                if cancelled:
+                    state = WorkState.CANCELLED if state != WorkState.FINISHED else state
+                q.set_work_status(conn, work_id, state.value, finished=True)
+            if handles and live is not None:
+                try:
+                    self.backend(live.spec.backend).cancel(handles)
+                except BackendError:
+                    logger.exception("backend could not cancel jobs of work %d", work_id)
+        self.bus.publish(
+            work_destination(work_id),
+            [
+                q.ResultRecord(job_id, idx, JobState.CANCELLED.value, None, "Cancelled", message)
+                for job_id, idx in cancelled
+            ],
+        )
+        return len(cancelled)
+
+    # ------------------------------------------------------------------ dispatch
+    def _dispatch(self) -> None:
+        """Hand pending jobs to backends while they have room (call with the lock held)."""
+        if self._closed:
+            return
+        for live in list(self._live.values()):
+            if not live.has_pending():
+                continue
+            backend = self.backend(live.spec.backend)
+            room = backend.free_slots(live.spec)
+            if room <= 0:
+                continue
+            batch = self._take(live, room)
+            if not batch:
+                continue
+            try:
+                handles = backend.submit(live.spec, batch)
+            except BackendError as exc:
+                logger.error(
+                    "backend %s refused jobs of %s: %s", live.spec.backend, live.spec.name, exc
+                )
+                self._fail_unsubmitted(live, batch, exc)
+                continue
+            with self.db.begin() as conn:
+                q.mark_dispatched(conn, [(j.job_id, j.attempt) for j in batch], handles)
+            for job, handle in zip(batch, handles, strict=True):
+                self._active[job.job_id] = (live.spec.work_id, job.attempt, job.payload)
+                self._handles[job.job_id] = handle
+
+    def _take(self, live: _Live, room: int) -> list[JobSpec]:
+        batch: list[JobSpec] = []
+        while live.retries and len(batch) < room:
+            batch.append(live.retries.popleft())
+        while len(batch) < room:
+            if not live.pending and live.page_after is not None:
+                self._page_in(live)
+            if not live.pending:
+                break
+            batch.append(live.pending.popleft())
+        return batch
+
+    def _page_in(self, live: _Live) -> None:
+        assert live.page_after is not None
+        with self.db.connect() as conn:
+            rows = q.pending_jobs(conn, live.spec.work_id, live.page_after, PAGE)
+        if not rows:
+            live.page_after = None
+            return
+        for job_id, idx, attempts, payload in rows:
+            live.pending.append(JobSpec(job_id, attempts + 1, payload))
+            live.idx_of[job_id] = idx
+        live.page_after = rows[-1][1]
+
+    def _fail_unsubmitted(self, live: _Live, batch: list[JobSpec], exc: BackendError) -> None:
+        now = time.time()
+        for job in batch:
+            self._active[job.job_id] = (live.spec.work_id, job.attempt, job.payload)
+        self._record_locked(
+            [
+                Outcome(
+                    job.job_id,
+                    job.attempt,
+                    ok=False,
+                    error_type="BackendError",
+                    error_message=str(exc),
+                    retryable=False,
+                    started_at=now,
+                    finished_at=now,
+                )
+                for job in batch
+            ]
+        )
+
+    # ------------------------------------------------------------------ outcomes (sink)
+    def record_outcomes(self, outcomes: list[Outcome]) -> None:
+        """Store outcomes (DB commit first), publish terminal ones, queue retries."""
+        with self._lock:
+            publish = self._record_locked(outcomes)
+            self._dispatch()
+        for destination, messages in publish.items():
+            self.bus.publish(destination, messages)
+
+    def _record_locked(self, outcomes: list[Outcome]) -> dict[str, list[q.ResultRecord]]:
+        terminal_rows: list[dict[str, Any]] = []
+        retry_rows: list[dict[str, Any]] = []
+        per_work: dict[int, list[int]] = {}
+        publish: dict[str, list[q.ResultRecord]] = {}
+        retried: list[tuple[_Live, JobSpec]] = []
+        for outcome in outcomes:
+            active = self._active.get(outcome.job_id)
+            if active is None or active[1] != outcome.attempt:
+                continue  # stale attempt, duplicate, or a job cancelled meanwhile
+            work_id, attempt, payload = active
+            live = self._live.get(work_id)
+            if live is None:
+                continue
+            del self._active[outcome.job_id]
+            self._handles.pop(outcome.job_id, None)
+            decision = decide(outcome, attempt, live.spec.retries)
+            row = {
+                "_id": outcome.job_id,
+                "_state": decision.state.value,
+                "_result": outcome.result,
+                "_error_type": outcome.error_type,
+                "_error_message": outcome.error_message,
+                "_traceback": outcome.traceback,
+                "_attempts": attempt,
+                "_started_at": outcome.started_at,
+                "_finished_at": outcome.finished_at,
+                "_stdout": outcome.stdout,
+            }
+            if decision.retry:
+                retry_rows.append(row)
+                retried.append((live, JobSpec(outcome.job_id, attempt + 1, payload)))
+                continue
+            terminal_rows.append(row)
+            counts = per_work.setdefault(work_id, [0, 0])
+            counts[0 if decision.state == JobState.FINISHED else 1] += 1
+            idx = live.idx_of.pop(outcome.job_id, -1)
+            publish.setdefault(work_destination(work_id), []).append(
+                q.ResultRecord(
+                    outcome.job_id,
+                    idx,
+                    decision.state.value,
+                    outcome.result,
+                    outcome.error_type,
+                    outcome.error_message,
+                    outcome.traceback,
+                    attempt,
+                )
+            )
+        if not terminal_rows and not retry_rows:
+            return publish
+        done_works: list[int] = []
+        with self.db.begin() as conn:
+            q.store_terminal(conn, terminal_rows)
+            q.store_retries(conn, retry_rows)
+            for work_id, (finished, failed) in per_work.items():
+                live = self._live[work_id]
+                live.finished += finished
+                live.failed += failed
+                q.bump_work_counters(conn, work_id, finished, failed, 0)
+                state = work_state(
+                    live.n_jobs, live.finished, live.failed, live.cancelled, live.min_success
+                )
+                if state in WORK_TERMINAL:
+                    q.set_work_status(conn, work_id, state.value, finished=True)
+                    done_works.append(work_id)
+        for live, job in retried:
+            live.retries.append(job)
+            logger.info(
+                "work %s: job %d failed, retrying (attempt %d)",
+                live.spec.name,
+                job.job_id,
+                job.attempt,
+            )
+        for work_id in done_works:
+            self._live.pop(work_id, None)
+        return publish
+
+    def requeue(self, jobs: list[tuple[int, int]]) -> None:
+        """Put jobs a backend gave back into the queue, without charging an attempt."""
+        with self._lock:
+            rows = []
+            for job_id, attempt in jobs:
+                active = self._active.pop(job_id, None)
+                if active is None or active[1] != attempt:
+                    continue
+                self._handles.pop(job_id, None)
+                live = self._live.get(active[0])
+                if live is None:
+                    continue
+                live.retries.appendleft(JobSpec(job_id, attempt, active[2]))
+                rows.append((job_id, attempt - 1))
+            if rows:
+                with self.db.begin() as conn:
+                    q.requeue_jobs(conn, rows)
+            self._dispatch()
+
+    def capacity_changed(self) -> None:
+        """A backend has room again: dispatch more."""
+        with self._lock:
+            self._dispatch()
+
+    # ------------------------------------------------------------------ housekeeping
+    def _recover_orphans(self) -> None:
+        """Close workflows whose submitting process on this host died without finishing."""
+        host = socket.gethostname()
+        with self.db.begin() as conn:
+            rows = conn.execute(
+                select(q.workflows.c.id, q.workflows.c.client_pid).where(
+                    q.workflows.c.status == WorkflowState.RUNNING.value,
+                    q.workflows.c.client_host == host,
+                )
+            ).all()
+            for workflow_id, pid in rows:
+                if pid is not None and _pid_alive(int(pid)):
+                    continue
+                message = f"the submitting process (pid {pid}) exited before the workflow ended"
+                work_ids = (
+                    conn.execute(
+                        select(q.works.c.id).where(
+                            q.works.c.workflow_id == workflow_id,
+                            q.works.c.status == WorkState.RUNNING.value,
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+                for work_id in work_ids:
+                    cancelled = q.cancel_open_jobs(conn, work_id, message)
+                    q.bump_work_counters(conn, work_id, 0, 0, len(cancelled))
+                    q.set_work_status(conn, work_id, WorkState.CANCELLED.value, finished=True)
+                q.finish_workflow(conn, workflow_id, WorkflowState.FAILED.value, None, message)
+                logger.info("workflow %d marked failed: %s", workflow_id, message)
+
+    def close(self) -> None:
+        """Stop backends and release the database."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            backends = list(self._backends.values())
+        for backend in backends:
+            backend.close()
+        self.bus.close()
+        self.db.dispose()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,92 @@
+"""Plain records that cross process boundaries: work specs, job specs and job outcomes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["JobSpec", "Outcome", "WorkSpec"]
+
+
+@dataclass(frozen=True)
+class WorkSpec:
+    """What a job runner needs to know about a work, shared by all its jobs.
+
+    Attributes:
+        work_id: the work's id.
+        name: the work's name (for messages).
+        function: ``module:qualname`` of the work function.
+        script: the path inside the archive of the script that defines the function when it
+            was defined in ``__main__``; ``None`` when ``function``'s module is importable.
+        archive_sha: sha256 of the workflow's source archive (``None``: no archive).
+        archive_file: where the archive can be read on this host.
+        cache_dir: where archives are extracted on this host.
+        serializer: ``json`` or ``pickle``.
+        timeout: seconds one attempt may run, or ``None``.
+        retries: how many times a failed job is tried again.
+        init_env: command prefix (and ``;``-separated set-up commands) for the job runner.
+        backend: the backend name the jobs run on.
+        resources: ``cores``, ``memory_mb``, ``walltime`` hints for batch backends.
+    """
+
+    work_id: int
+    name: str
+    function: str
+    script: str | None
+    archive_sha: str | None
+    archive_file: str | None
+    cache_dir: str
+    serializer: str = "json"
+    timeout: float | None = None
+    retries: int = 2
+    init_env: str | None = None
+    backend: str = "local"
+    resources: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One attempt of one job handed to a backend.
+
+    Attributes:
+        job_id: the job's id.
+        attempt: 1 for the first run, 2 for the first retry, ...
+        payload: serialized ``{"args": [...], "kwargs": {...}}``.
+    """
+
+    job_id: int
+    attempt: int
+    payload: bytes
+
+
+@dataclass
+class Outcome:
+    """What happened to one attempt of one job.
+
+    Attributes:
+        job_id: the job's id.
+        attempt: the attempt number this outcome is for (stale attempts are ignored).
+        ok: the function returned; ``result`` holds the serialized value.
+        result: serialized return value when ``ok``.
+        error_type: exception class name, or a reason: ``Timeout``, ``WorkerLost``, ...
+        error_message: one-line description.
+        traceback: formatted traceback, when there is one.
+        retryable: ``False`` when running again cannot help (e.g. unserializable result).
+        started_at: epoch seconds the attempt started.
+        finished_at: epoch seconds it ended.
+        stdout: captured standard output (head and tail kept).
+        stderr: captured standard error (head and tail kept).
+    """
+
+    job_id: int
+    attempt: int
+    ok: bool
+    result: bytes | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    retryable: bool = True
+    started_at: float | None = None
+    finished_at: float | None = None
+    stdout: str | None = None
+    stderr: str | None = None

@@ -1,0 +1,50 @@
+"""Pure decisions of the engine: what an outcome does to a job, and when a work is done."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tasklift.engine.specs import Outcome
+from tasklift.states import JobState, WorkState
+
+__all__ = ["Decision", "decide", "needed_successes", "work_state"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The next state of a job after an outcome, and whether it runs again."""
+
+    state: JobState
+    retry: bool
+
+
+def decide(outcome: Outcome, attempts: int, retries: int) -> Decision:
+    """Decide what ``outcome`` of attempt number ``attempts`` does to its job.
+
+    A success finishes the job. A failure is retried while ``attempts <= retries`` and the
+    failure is retryable; otherwise the job fails.
+    """
+    if outcome.ok:
+        return Decision(JobState.FINISHED, retry=False)
+    if outcome.retryable and attempts <= retries:
+        return Decision(JobState.PENDING, retry=True)
+    return Decision(JobState.FAILED, retry=False)
+
+
+def needed_successes(n_jobs: int, min_success: float) -> int:
+    """How many jobs of ``n_jobs`` must finish for the work to succeed."""
+    return min(n_jobs, math.ceil(min_success * n_jobs - 1e-9))
+
+
+def work_state(
+    n_jobs: int, n_finished: int, n_failed: int, n_cancelled: int, min_success: float
+) -> WorkState:
+    """Return the work's state from its counters (``RUNNING`` until every job is terminal)."""
+    if n_finished + n_failed + n_cancelled < n_jobs:
+        return WorkState.RUNNING
+    if n_finished >= needed_successes(n_jobs, min_success):
+        return WorkState.FINISHED
+    if n_cancelled and n_failed == 0:
+        return WorkState.CANCELLED
+    return WorkState.FAILED

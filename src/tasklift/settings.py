@@ -1,0 +1,104 @@
+"""Settings: ``TASKLIFT_*`` environment variables and ``tasklift.toml``, built once at an edge.
+
+Nothing in the library reads the environment on its own: ``Workflow(...)``, the CLI and the
+server build one :class:`Settings` and pass it down.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["Settings"]
+
+
+def _default_home() -> Path:
+    return Path(platformdirs.user_data_dir("tasklift", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Every tunable of tasklift, with its default.
+
+    Read from ``TASKLIFT_<NAME>`` environment variables (e.g. ``TASKLIFT_HOME``), then from
+    ``tasklift.toml`` in the current directory (``[tasklift]`` table is not needed: top-level
+    keys), then the defaults below.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="TASKLIFT_", toml_file="tasklift.toml", extra="ignore"
+    )
+
+    home: Path = Field(default_factory=_default_home)
+    """Where the embedded database, the archive store and the extraction cache live."""
+    db_url: str | None = None
+    """SQLAlchemy URL of the database; default: SQLite file ``<home>/tasklift.db``."""
+    quiet: bool = False
+    """No progress bars even in a terminal."""
+    archive_max_mb: float = 64.0
+    """Largest source tree (uncompressed) that ``Workflow`` will pack."""
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    """Worker processes of the ``local`` backend."""
+    service: str = "local"
+    """``local`` for the embedded engine, else the URL of a ``tasklift server``."""
+
+    @field_validator("workers")
+    @classmethod
+    def _positive_workers(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("workers must be at least 1")
+        return value
+
+    @field_validator("archive_max_mb")
+    @classmethod
+    def _positive_limit(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("archive_max_mb must be positive")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Order the sources: arguments, environment, ``tasklift.toml``."""
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def database_url(self) -> str:
+        """The database URL, defaulting to the SQLite file under ``home``."""
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{self.home / 'tasklift.db'}"
+
+    @property
+    def archive_dir(self) -> Path:
+        """The content-addressed store of source archives (``<sha256>.tar.gz``)."""
+        return self.home / "archives"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where archives are extracted, one directory per hash."""
+        return self.home / "cache"
+
+    @property
+    def archive_max_bytes(self) -> int:
+        """``archive_max_mb`` in bytes."""
+        return int(self.archive_max_mb * 1024 * 1024)
+
+    def with_overrides(self, **values: Any) -> Settings:
+        """Return a copy with some fields replaced."""
+        return self.model_copy(update=values)
