@@ -2,30 +2,64 @@
 
 ``@work`` makes a function a distributed task (one job per kwargs dict), ``@workflow`` marks
 the steering logic, and ``Workflow(...).run()`` runs it on the embedded engine.
+
+Names are imported on first use (a job runner that only needs ``work`` does not pay for the
+database layer); ``__all__`` lists every public name.
 """
 
-import logging
+from __future__ import annotations
 
-from tasklift.api.decorators import work, workflow
-from tasklift.api.results import AsyncResult, MapResult, Progress, Work
-from tasklift.api.run import Workflow, shutdown
-from tasklift.errors import (
-    ArchiveError,
-    BackendError,
-    BusError,
-    ConfigError,
-    JobFailure,
-    NotFoundError,
-    SerializationError,
-    SubmissionError,
-    TaskliftError,
-    WorkFailed,
-    WorkTimeout,
-)
-from tasklift.keys import get_unique_id_for_dict
-from tasklift.states import JobState, WorkflowState, WorkState
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tasklift.api.decorators import work, workflow
+    from tasklift.api.results import AsyncResult, MapResult, Progress, Work
+    from tasklift.api.run import Workflow, shutdown
+    from tasklift.errors import (
+        ArchiveError,
+        BackendError,
+        BusError,
+        ConfigError,
+        JobFailure,
+        NotFoundError,
+        SerializationError,
+        SubmissionError,
+        TaskliftError,
+        WorkFailed,
+        WorkTimeout,
+    )
+    from tasklift.keys import get_unique_id_for_dict
+    from tasklift.states import JobState, WorkflowState, WorkState
 
 __version__ = "0.1.0"
+
+_WHERE: dict[str, str] = {
+    "ArchiveError": "tasklift.errors",
+    "AsyncResult": "tasklift.api.results",
+    "BackendError": "tasklift.errors",
+    "BusError": "tasklift.errors",
+    "ConfigError": "tasklift.errors",
+    "JobFailure": "tasklift.errors",
+    "JobState": "tasklift.states",
+    "MapResult": "tasklift.api.results",
+    "NotFoundError": "tasklift.errors",
+    "Progress": "tasklift.api.results",
+    "SerializationError": "tasklift.errors",
+    "SubmissionError": "tasklift.errors",
+    "TaskliftError": "tasklift.errors",
+    "Work": "tasklift.api.results",
+    "WorkFailed": "tasklift.errors",
+    "WorkState": "tasklift.states",
+    "WorkTimeout": "tasklift.errors",
+    "Workflow": "tasklift.api.run",
+    "WorkflowState": "tasklift.states",
+    "get_unique_id_for_dict": "tasklift.keys",
+    "shutdown": "tasklift.api.run",
+    "work": "tasklift.api.decorators",
+    "workflow": "tasklift.api.decorators",
+}
 
 __all__ = [
     "ArchiveError",
@@ -53,5 +87,19 @@ __all__ = [
     "work",
     "workflow",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tasklift' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

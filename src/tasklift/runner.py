@@ -238,8 +238,6 @@ class _Capture:
 class _Worker:
     """The persistent worker loop of the local backend."""
 
-    FLUSH_AFTER = 0.001
-
     def __init__(self, in_fd: int, out_fd: int) -> None:
         self.in_fd = in_fd
         self.out_fd = out_fd
@@ -247,9 +245,7 @@ class _Worker:
         self.works: dict[int, WorkSpec] = {}
         self.queue: deque[tuple[int, JobSpec]] = deque()
         self.cancelled: set[int] = set()
-        self.pending: list[Outcome] = []
         self.lock = threading.Lock()
-        self.wake = threading.Condition(self.lock)
         self.capture = _Capture()
         self.closing = False
 
@@ -277,29 +273,12 @@ class _Worker:
             self.handle(read_frame(self.in_fd))
             block = False
 
-    def send(self, outcomes: list[Outcome]) -> None:
+    def send(self, outcomes: list[Outcome], started: tuple[int, int] | None = None) -> None:
         with self.lock:
-            self.pending.extend(outcomes)
-            batch, self.pending = self.pending, []
-            if batch:
-                write_frame(self.out_fd, ("done", batch))
-
-    def defer(self, outcome: Outcome) -> None:
-        with self.lock:
-            self.pending.append(outcome)
-            self.wake.notify()
-
-    def flusher(self) -> None:
-        """Send deferred outcomes at most ``FLUSH_AFTER`` seconds after they were made."""
-        with self.lock:
-            while not self.closing:
-                if not self.pending:
-                    self.wake.wait()
-                    continue
-                self.wake.wait(self.FLUSH_AFTER)
-                if self.pending:
-                    batch, self.pending = self.pending, []
-                    write_frame(self.out_fd, ("done", batch))
+            if outcomes:
+                write_frame(self.out_fd, ("done", outcomes))
+            if started is not None:
+                write_frame(self.out_fd, ("started", *started))
 
     def run_next(self) -> None:
         work_id, job = self.queue.popleft()
@@ -313,17 +292,17 @@ class _Worker:
         except Exception as exc:  # noqa: BLE001 - import failures are the job's outcome
             outcome = failure_outcome(job, exc)
         else:
+            if work.timeout is not None:
+                self.send([], started=(job.job_id, job.attempt))
             outcome = run_job(fn, work, job)
         captured = self.capture.text_since(start)
         if captured:
             outcome.stdout = captured
-        if self.queue:
-            self.defer(outcome)
-        else:
-            self.send([outcome])
+        # written at once: the engine reads whatever is in the pipe in one go (batching on
+        # its side), and a worker that dies next never takes a finished result with it
+        self.send([outcome])
 
     def loop(self) -> None:
-        threading.Thread(target=self.flusher, name="tasklift-flusher", daemon=True).start()
         try:
             while not self.closing:
                 self.drain_input(block=not self.queue)
@@ -333,10 +312,7 @@ class _Worker:
         except EOFError:
             pass  # the engine closed our stdin: exit quietly
         finally:
-            with self.lock:
-                self.closing = True
-                self.wake.notify()
-            self.send([])
+            self.closing = True
 
 
 def worker_main() -> None:

@@ -8,8 +8,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tasklift.db.queries import ResultRecord
-from tasklift.engine.core import work_destination
+from tasklift.bus.base import work_destination
+from tasklift.engine.specs import ResultRecord
 from tasklift.engine.state import needed_successes
 from tasklift.errors import JobFailure, WorkFailed, WorkTimeout
 from tasklift.keys import job_key

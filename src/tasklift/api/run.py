@@ -12,16 +12,18 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tasklift import _context
 from tasklift.api.decorators import WorkflowFunction, defining_file
 from tasklift.archive import pack_source
-from tasklift.engine.core import Engine
 from tasklift.errors import ConfigError, SerializationError, SubmissionError
 from tasklift.serializers import get_serializer
-from tasklift.settings import Settings
 from tasklift.states import WorkflowState
+
+if TYPE_CHECKING:
+    from tasklift.engine.core import Engine
+    from tasklift.settings import Settings
 
 __all__ = ["Workflow", "WorkflowRun", "embedded_engine", "shutdown", "single_running_workflow"]
 
@@ -38,6 +40,8 @@ def embedded_engine(settings: Settings) -> Engine:
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:
+            from tasklift.engine.core import Engine
+
             engine = Engine(settings)
             _engines[url] = engine
         return engine
@@ -118,7 +122,11 @@ class Workflow:
             backend = backend or options.get("backend")
             service = service or options.get("service")
         self.func = func
-        self.settings = settings or Settings()
+        if settings is None:
+            from tasklift.settings import Settings
+
+            settings = Settings()
+        self.settings = settings
         self.service = service or self.settings.service
         if self.service != "local":
             raise ConfigError(

@@ -66,6 +66,7 @@ class _Worker:
     outbuf: bytearray = field(default_factory=bytearray)
     inbuf: bytearray = field(default_factory=bytearray)
     head_started: float = 0.0
+    head_confirmed: bool = False  # the worker said the head job started (timed works only)
     dead: bool = False
 
 
@@ -298,6 +299,11 @@ class LocalBackend(Backend):
             del worker.inbuf[: HEADER.size + size]
             if message[0] == "done":
                 outcomes.extend(message[1])
+            elif message[0] == "started":
+                with self._lock:
+                    if worker.inflight and worker.inflight[0][:2] == message[1:3]:
+                        worker.head_started = time.monotonic()
+                        worker.head_confirmed = True
         if not outcomes:
             return
         now = time.monotonic()
@@ -306,6 +312,7 @@ class LocalBackend(Backend):
             work_of = {e[0]: e[2] for e in worker.inflight}
             worker.inflight = deque(e for e in worker.inflight if (e[0], e[1]) not in done)
             worker.head_started = now
+            worker.head_confirmed = False
             for outcome in outcomes:
                 work_id = work_of.get(outcome.job_id)
                 if work_id is not None and outcome.started_at and outcome.finished_at:
@@ -326,7 +333,7 @@ class LocalBackend(Backend):
                 if not worker.inflight:
                     continue
                 spec = self._works.get(worker.inflight[0][2])
-                if spec is None or spec.timeout is None:
+                if spec is None or spec.timeout is None or not worker.head_confirmed:
                     continue
                 remaining = worker.head_started + spec.timeout - now
                 deadline = remaining if deadline is None else min(deadline, remaining)
@@ -343,9 +350,13 @@ class LocalBackend(Backend):
                     if not worker.inflight or worker.dead:
                         continue
                     spec = self._works.get(worker.inflight[0][2])
-                    if spec and spec.timeout is not None:
-                        if now - worker.head_started > spec.timeout:
-                            expired.append((worker, spec.timeout))
+                    if (
+                        spec
+                        and spec.timeout is not None
+                        and worker.head_confirmed
+                        and now - worker.head_started > spec.timeout
+                    ):
+                        expired.append((worker, spec.timeout))
         for worker, timeout in expired:
             self._replace(
                 worker,

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["Bus", "Callback", "Subscription"]
+__all__ = ["Bus", "Callback", "Subscription", "work_destination"]
 
 Callback = Callable[[Sequence[Any]], None]
 
@@ -41,3 +41,8 @@ class Bus(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+
+def work_destination(work_id: int) -> str:
+    """The destination of a work's result notifications."""
+    return f"work.{work_id}"

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
 
 from tasklift.db.models import Archive, Job, JobAttempt, Work, Workflow
+from tasklift.engine.specs import ResultRecord
 from tasklift.states import JobState, WorkflowState
 
 __all__ = [
@@ -37,20 +37,6 @@ TERMINAL = [
         JobState.SKIPPED,
     )
 ]
-
-
-@dataclass(frozen=True)
-class ResultRecord:
-    """A terminal job as a waiting submitter sees it (DB row or bus message)."""
-
-    job_id: int
-    idx: int
-    state: str
-    result: bytes | None
-    error_type: str | None = None
-    error_message: str | None = None
-    traceback: str | None = None
-    attempts: int = 0
 
 
 def chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:

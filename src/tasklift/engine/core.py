@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from tasklift.archive import PackedArchive, archive_path, store_archive
 from tasklift.backends.base import Backend
-from tasklift.bus.base import Bus
+from tasklift.bus.base import Bus, work_destination
 from tasklift.bus.embedded import EmbeddedBus
 from tasklift.db import queries as q
 from tasklift.db.session import create_db_engine, upgrade
@@ -31,18 +31,13 @@ from tasklift.errors import BackendError, ConfigError, NotFoundError
 from tasklift.settings import Settings
 from tasklift.states import WORK_TERMINAL, JobState, WorkflowState, WorkState
 
-__all__ = ["Engine", "WorkRecord", "work_destination"]
+__all__ = ["Engine", "WorkRecord"]
 
 logger = logging.getLogger(__name__)
 
 IN_MEMORY_JOBS = 20_000
 """Works up to this size keep their pending jobs in memory; larger ones page from the DB."""
 PAGE = 5_000
-
-
-def work_destination(work_id: int) -> str:
-    """The bus destination of a work's results."""
-    return f"work.{work_id}"
 
 
 @dataclass

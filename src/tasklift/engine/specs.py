@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["JobSpec", "Outcome", "WorkSpec"]
+__all__ = ["JobSpec", "Outcome", "ResultRecord", "WorkSpec"]
 
 
 @dataclass(frozen=True)
@@ -90,3 +90,17 @@ class Outcome:
     finished_at: float | None = None
     stdout: str | None = None
     stderr: str | None = None
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """A terminal job as a waiting submitter sees it (DB row or bus message)."""
+
+    job_id: int
+    idx: int
+    state: str
+    result: bytes | None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    attempts: int = 0
