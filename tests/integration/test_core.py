@@ -355,3 +355,21 @@ def test_keys_are_stable_across_processes(python):
 
 def test_marker_path_type():
     assert Path(__file__).exists()
+
+
+def test_init_env_runs_jobs_through_the_prefix(settings, tmp_path):
+    log = tmp_path / "wrapper.log"
+    wrapper = tmp_path / "wrap.sh"
+    wrapper.write_text(f'#!/bin/sh\necho "wrapped $$: $*" >> {log}\nexec "$@"\n')
+    wrapper.chmod(0o755)
+
+    def wf():
+        return workfns.environment(group_kwargs=[{"name": "TL_SETUP"}, {"name": "TL_OTHER"}])
+
+    out = Workflow(func=wf, settings=settings, init_env=f"export TL_SETUP=yes; {wrapper}").run()
+    assert out == ["yes", None]
+    lines = log.read_text().splitlines()
+    assert lines and all("tasklift.runner worker" in line for line in lines)
+    # without init_env the same function runs outside the wrapper
+    assert Workflow(func=wf, settings=settings, fresh=True).run() == [None, None]
+    assert len(log.read_text().splitlines()) == len(lines)
