@@ -44,7 +44,7 @@ class Progress:
 class AsyncResult:
     """Collects a work's terminal jobs: reads what is persisted, then listens on the bus."""
 
-    def __init__(self, engine: Engine, work_id: int, n_jobs: int) -> None:
+    def __init__(self, engine: Engine, work_id: int, n_jobs: int, *, reread: bool = True) -> None:
         self.engine = engine
         self.work_id = work_id
         self.n_jobs = n_jobs
@@ -53,8 +53,9 @@ class AsyncResult:
         self._arrival: list[int] = []
         self._stale = False
         self._sub = engine.bus.subscribe(work_destination(work_id), self._on_messages)
-        self._last_read = 0.0
-        self._reread()
+        self._last_read = time.monotonic()
+        if reread:
+            self._reread()
 
     def _on_messages(self, messages: Sequence[Any]) -> None:
         with self._cond:
@@ -202,6 +203,7 @@ class Work:
         min_success: float,
         n_reused: int = 0,
         show_progress: bool = False,
+        subscribed_before_dispatch: bool = False,
     ) -> None:
         self.engine = engine
         self.work_id = work_id
@@ -216,7 +218,11 @@ class Work:
         self.n_reused = n_reused
         self.submitted_at = time.time()
         self._show_progress = show_progress
-        self._async = AsyncResult(engine, work_id, len(keys))
+        # subscribed before any job was dispatched, nothing can have been missed unless jobs
+        # were reused from an earlier run (those are in the DB only)
+        self._async = AsyncResult(
+            engine, work_id, len(keys), reread=not subscribed_before_dispatch or n_reused > 0
+        )
 
     def __repr__(self) -> str:
         return f"<Work {self.name!r} id={self.work_id} jobs={len(self.keys)}>"

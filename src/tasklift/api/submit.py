@@ -18,6 +18,7 @@ from tasklift.serializers import get_serializer
 
 if TYPE_CHECKING:
     from tasklift.api.run import WorkflowRun
+    from tasklift.engine.core import WorkRecord
 
 __all__ = ["function_location", "submit_work"]
 
@@ -163,7 +164,28 @@ def submit_work(
             "serializer": fn.serializer,
         }
     )
-    spec, record = run.engine.submit_work(
+    handles: list[Work] = []
+
+    def on_stored(record: WorkRecord) -> None:
+        handles.append(
+            Work(
+                engine=run.engine,
+                work_id=record.work_id,
+                name=fn.name,
+                keys=keys,
+                calls=calls,
+                base_args=list(args),
+                base_kwargs={**fn.pre_kwargs, **kwargs},
+                serializer=fn.serializer,
+                map_results=fn.map_results,
+                min_success=fn.min_success,
+                n_reused=record.n_reused,
+                show_progress=run.show_progress,
+                subscribed_before_dispatch=True,
+            )
+        )
+
+    run.engine.submit_work(
         workflow_id=run.workflow_id,
         spec=spec,
         memo_key=memo_key,
@@ -171,21 +193,9 @@ def submit_work(
         min_success=fn.min_success,
         jobs=list(zip(keys, payloads, strict=True)),
         reuse=not run.fresh,
+        on_stored=on_stored,
     )
-    handle = Work(
-        engine=run.engine,
-        work_id=record.work_id,
-        name=fn.name,
-        keys=keys,
-        calls=calls,
-        base_args=list(args),
-        base_kwargs={**fn.pre_kwargs, **kwargs},
-        serializer=fn.serializer,
-        map_results=fn.map_results,
-        min_success=fn.min_success,
-        n_reused=record.n_reused,
-        show_progress=run.show_progress,
-    )
+    [handle] = handles
     run.works.append(handle)
     if return_work:
         return handle

@@ -117,28 +117,25 @@ def insert_jobs(conn: Connection, work_id: int, rows: Sequence[tuple[str, bytes]
 
 
 def find_memo(conn: Connection, memo_key: str, keys: Sequence[str]) -> dict[str, tuple[int, bytes]]:
-    """Finished jobs of earlier works with the same memo key: ``{key: (job id, result)}``."""
-    earlier = (
-        conn.execute(select(works.c.id).where(works.c.memo_key == memo_key, works.c.n_finished > 0))
-        .scalars()
-        .all()
-    )
-    if not earlier:
-        return {}
+    """Finished jobs of earlier works with the same memo key: ``{key: (job id, result)}``.
+
+    Looks jobs up by key (indexed), so the cost follows the new work's size, not history.
+    """
     found: dict[str, tuple[int, bytes]] = {}
-    for work_ids in chunks(list(earlier), 200):
-        for key_batch in chunks(list(keys), 500):
-            rows = conn.execute(
-                select(jobs.c.key, jobs.c.id, jobs.c.result).where(
-                    and_(
-                        jobs.c.work_id.in_(work_ids),
-                        jobs.c.state == JobState.FINISHED.value,
-                        jobs.c.key.in_(key_batch),
-                    )
+    for key_batch in chunks(list(keys), 500):
+        rows = conn.execute(
+            select(jobs.c.key, jobs.c.id, jobs.c.result)
+            .join(works, works.c.id == jobs.c.work_id)
+            .where(
+                and_(
+                    jobs.c.key.in_(key_batch),
+                    jobs.c.state == JobState.FINISHED.value,
+                    works.c.memo_key == memo_key,
                 )
             )
-            for key, job_id, result in rows:
-                found.setdefault(key, (int(job_id), result))
+        )
+        for key, job_id, result in rows:
+            found.setdefault(key, (int(job_id), result))
     return found
 
 

@@ -150,6 +150,7 @@ class Engine:
         min_success: float,
         jobs: Sequence[tuple[str, bytes]],
         reuse: bool,
+        on_stored: Callable[[WorkRecord], None] | None = None,
     ) -> tuple[WorkSpec, WorkRecord]:
         """Store a work with all its jobs in one transaction and queue them.
 
@@ -201,6 +202,8 @@ class Engine:
         if reused:
             logger.info("work %s: reused %d of %d finished jobs", spec.name, len(reused), len(jobs))
         record = WorkRecord(work_id=work_id, n_jobs=len(jobs), n_reused=len(reused))
+        if on_stored is not None:
+            on_stored(record)  # e.g. subscribe before any job can finish
         if status not in WORK_TERMINAL:
             with self._lock:
                 self._live[work_id] = live
