@@ -11,5 +11,7 @@ SYSTEMS = {
     "dask": "bench.systems.dask_sys:DaskSystem",
     "celery": "bench.systems.celery_sys:CelerySystem",
     "tasklift": "bench.systems.tasklift_sys:TaskliftSystem",
+    "tasklift-server": "bench.systems.tasklift_sys:TaskliftServerSystem",
 }
-"""Name on the command line -> ``module:class``. Order is the order of the table."""
+"""Name on the command line -> ``module:class``. Order is the order of the table.
+``tasklift-server`` (W6) runs only when named."""

@@ -40,6 +40,7 @@ from scipy.stats import qmc
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+from threadpoolctl import threadpool_limits
 
 Array = np.ndarray
 #: evaluates ``f`` at an ``(n, 2)`` array of unit-square points, returns ``n`` values
@@ -47,6 +48,13 @@ BatchEvaluator = Callable[[Array], Sequence[float]]
 
 ACQUISITIONS = ("sur", "misclassification", "straddle")
 _TINY = 1e-12
+
+
+def single_threaded_blas() -> threadpool_limits:
+    """Run BLAS single-threaded: the matrices here are small (tens to ~2000 rows), and a
+    multi-threaded BLAS on a busy machine is then an order of magnitude slower, not faster.
+    """
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def make_gp(seed: int = 0, n_restarts: int = 2) -> GaussianProcessRegressor:
@@ -75,7 +83,7 @@ def fit_gp(x: Array, y: Array, seed: int = 0) -> GaussianProcessRegressor:
     ``ConvergenceWarning`` is silenced for this call only.
     """
     gp = make_gp(seed)
-    with warnings.catch_warnings():
+    with single_threaded_blas(), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         gp.fit(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
     return gp
@@ -182,34 +190,49 @@ def select_batch(
         pool = candidates
         ref_idx = np.arange(0)
     cand_idx = np.arange(m)
-    mu, cov = gp.predict(pool, return_cov=True)
     allowed = np.ones(m, dtype=bool)
     if exclude is not None and len(exclude):
         d = np.linalg.norm(candidates[:, None, :] - np.asarray(exclude)[None, :, :], axis=2)
         allowed &= d.min(axis=1) > 1e-6
     chosen: list[int] = []
-    for _ in range(n):
-        if acquisition == "sur":
-            score = expected_misclassification_reduction(mu, cov, cand_idx, ref_idx, threshold)
-        else:
-            sigma = np.sqrt(np.clip(np.diag(cov)[cand_idx], 0.0, None))
-            if acquisition == "misclassification":
-                score = misclassification_probability(mu[cand_idx], sigma, threshold)
-            else:
-                score = straddle(mu[cand_idx], sigma, threshold)
-        score = np.where(allowed, score, -np.inf)
-        best = int(np.argmax(score))
-        chosen.append(best)
-        allowed[best] = False
-        cov = condition_on_pick(cov, best)
+    with single_threaded_blas():
+        mu, cov = gp.predict(pool, return_cov=True)
+        for _ in range(n):
+            best = _pick(mu, cov, cand_idx, ref_idx, allowed, threshold, acquisition)
+            chosen.append(best)
+            allowed[best] = False
+            cov = condition_on_pick(cov, best)
     return candidates[chosen]
+
+
+def _pick(
+    mu: Array,
+    cov: Array,
+    cand_idx: Array,
+    ref_idx: Array,
+    allowed: Array,
+    threshold: float,
+    acquisition: str,
+) -> int:
+    """Index of the best allowed candidate under ``acquisition``."""
+    if acquisition == "sur":
+        score = expected_misclassification_reduction(mu, cov, cand_idx, ref_idx, threshold)
+    else:
+        sigma = np.sqrt(np.clip(np.diag(cov)[cand_idx], 0.0, None))
+        if acquisition == "misclassification":
+            score = misclassification_probability(mu[cand_idx], sigma, threshold)
+        else:
+            score = straddle(mu[cand_idx], sigma, threshold)
+    return int(np.argmax(np.where(allowed, score, -np.inf)))
 
 
 def classification_accuracy(
     gp: GaussianProcessRegressor, grid: Array, truth: Array, threshold: float
 ) -> float:
     """Fraction of ``grid`` points where ``mu > threshold`` agrees with the boolean ``truth``."""
-    return float(np.mean((gp.predict(grid) > threshold) == np.asarray(truth, dtype=bool)))
+    with single_threaded_blas():
+        mu = gp.predict(grid)
+    return float(np.mean((mu > threshold) == np.asarray(truth, dtype=bool)))
 
 
 @dataclass

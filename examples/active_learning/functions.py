@@ -81,7 +81,7 @@ BUMP_CENTERS = ((0.3, 0.65), (0.7, 0.3))
 
 
 def bumps(x: Array, y: Array) -> Array:
-    """Two Gaussian bumps: height 1, width 0.12 at (0.3, 0.65); height 0.8, width 0.2 at (0.7, 0.3)."""
+    """Two Gaussian bumps: height 1, width 0.12 at (0.3, 0.65); 0.8, width 0.2 at (0.7, 0.3)."""
     (x1, y1), (x2, y2) = BUMP_CENTERS
     a = np.exp(-((x - x1) ** 2 + (y - y1) ** 2) / (2 * 0.12**2))
     b = 0.8 * np.exp(-((x - x2) ** 2 + (y - y2) ** 2) / (2 * 0.2**2))

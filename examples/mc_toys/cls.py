@@ -23,13 +23,15 @@ from scipy import optimize, stats
 __all__ = [
     "Crossing",
     "ScanPoint",
+    "bracket_crossing",
     "cls_exact",
     "cls_exact_qtilde",
     "count_toys",
-    "find_crossing",
+    "fit_crossing",
+    "locate_crossing",
     "qtilde",
     "scan_point",
-    "toys_needed",
+    "toys_for_sigma",
     "upper_limit_exact",
 ]
 
@@ -164,49 +166,49 @@ def scan_point(mu: float, k_sb: int, n_sb: int, k_b: int, n_b: int) -> ScanPoint
 
 @dataclass(frozen=True)
 class Crossing:
-    """Where the toy CLs crosses alpha = 1 - CL, interpolated between two adjacent scan points.
+    """An estimate of where the toy CLs crosses alpha = 1 - CL.
 
-    Interpolation is linear in ln CLs (nearly exact for Poisson tails); ``sigma`` propagates the
-    binomial errors of the two bracketing points through it:
-    sigma^2 = (h / dy)^2 [(1 - t)^2 var(y_lo) + t^2 var(y_hi)], y = ln CLs, t the fraction of
-    the bracket below the crossing.
+    ``method`` is ``"bracket"`` (interpolated between two adjacent scan points) or ``"fit"``
+    (weighted straight-line fit of ln CLs over the scan points in ``window``). ``sigma`` is the
+    statistical uncertainty of ``mu`` propagated from the binomial errors of the toy fractions.
+    ``var_per_toy`` is N * var(ln CLs) near the crossing (N toys per hypothesis), used to plan
+    how many toys a target uncertainty needs. ``below`` / ``above`` count the points used on
+    each side of ``mu``.
     """
 
     mu: float
     sigma: float
-    lo: ScanPoint
-    hi: ScanPoint
-    t: float
+    slope: float
+    slope_err: float
+    var_per_toy: float
+    method: str
+    window: tuple[float, float]
+    below: int
+    above: int
 
     @property
     def width(self) -> float:
-        """The bracket's width in mu."""
-        return self.hi.mu - self.lo.mu
-
-    @property
-    def slope(self) -> float:
-        """d ln CLs / d mu across the bracket (negative)."""
-        return (_log(self.hi.cls) - _log(self.lo.cls)) / self.width
+        """The width in mu of the bracket or fit window actually covered by points."""
+        return self.window[1] - self.window[0]
 
 
-def _log(c: float) -> float:
-    return math.log(c) if c > 0 else -math.inf
+def _defined(points: list[ScanPoint]) -> list[ScanPoint]:
+    return sorted((p for p in points if not math.isnan(p.cls)), key=lambda p: p.mu)
 
 
-def find_crossing(points: list[ScanPoint], alpha: float) -> Crossing | None:
-    """Return the crossing of CLs = alpha, or None when the scan does not bracket it.
+def bracket_crossing(points: list[ScanPoint], alpha: float) -> Crossing | None:
+    """Interpolate the crossing between two adjacent scan points, or None if not bracketed.
 
-    The bracket is the first scan point (by mu) whose CLs falls below alpha and the point
-    before it. A point with undefined CLs (no b-only toy passed) is skipped.
+    The bracket is the first point (by mu) whose CLs falls below alpha and the point before it;
+    points with undefined CLs are skipped. Interpolation is linear in y = ln CLs (nearly exact
+    for Poisson tails), and sigma^2 = (h / dy)^2 [(1 - t)^2 var(y_lo) + t^2 var(y_hi)], with h
+    the bracket width and t the fraction of it below the crossing.
     """
-    pts = sorted((p for p in points if not math.isnan(p.cls)), key=lambda p: p.mu)
-    for lo, hi in itertools.pairwise(pts):
+    for lo, hi in itertools.pairwise(_defined(points)):
         if lo.cls >= alpha > hi.cls:
-            return _interpolate(lo, hi, alpha)
-    return None
-
-
-def _interpolate(lo: ScanPoint, hi: ScanPoint, alpha: float) -> Crossing:
+            break
+    else:
+        return None
     h = hi.mu - lo.mu
     if hi.cls > 0:
         y_lo, y_hi, target = math.log(lo.cls), math.log(hi.cls), math.log(alpha)
@@ -216,26 +218,86 @@ def _interpolate(lo: ScanPoint, hi: ScanPoint, alpha: float) -> Crossing:
         var_lo, var_hi = lo.cls_err**2, hi.cls_err**2
     dy = y_hi - y_lo
     t = (target - y_lo) / dy
-    mu = lo.mu + t * h
     sigma = abs(h / dy) * math.sqrt((1.0 - t) ** 2 * var_lo + t**2 * var_hi)
-    return Crossing(mu=mu, sigma=sigma, lo=lo, hi=hi, t=t)
+    slope = (math.log(hi.cls) - math.log(lo.cls)) / h if hi.cls > 0 else -1.0 / h
+    return Crossing(
+        mu=lo.mu + t * h,
+        sigma=sigma,
+        slope=slope,
+        slope_err=math.sqrt(lo.log_var + hi.log_var) / h,
+        var_per_toy=0.5 * (lo.var_per_toy + hi.var_per_toy),
+        method="bracket",
+        window=(lo.mu, hi.mu),
+        below=1,
+        above=1,
+    )
 
 
-def toys_needed(crossing: Crossing, target_sigma: float) -> tuple[int, int]:
-    """Return the toys per hypothesis the two bracket points need for sigma <= target_sigma.
+def fit_crossing(
+    points: list[ScanPoint], alpha: float, center: float, half_width: float
+) -> Crossing | None:
+    """Fit y = ln CLs = a + s (mu - m) by weighted least squares over |mu - center| <= half_width.
 
-    Minimises N_lo + N_hi subject to the propagated variance, given var(y_i) = v_i / N_i and
-    the current t and slope: N_i proportional to w_i sqrt(v_i), w = (1 - t, t).
+    Weights are 1 / var(y_i) from the binomial errors; m is the weighted mean of mu, so a and s
+    are uncorrelated. The crossing mu* = m + (ln alpha - a) / s has, to first order,
+    sigma^2 = [var(a) + (mu* - m)^2 var(s)] / s^2. Returns None with fewer than two points in
+    the window or a slope that is not negative.
+    """
+    pts = [p for p in _defined(points) if p.cls > 0 and abs(p.mu - center) <= half_width]
+    if len(pts) < 2:
+        return None
+    x = np.array([p.mu for p in pts])
+    y = np.log([p.cls for p in pts])
+    w = 1.0 / np.array([p.log_var for p in pts])
+    m = float(np.sum(w * x) / np.sum(w))
+    sxx = float(np.sum(w * (x - m) ** 2))
+    if sxx <= 0:
+        return None
+    a = float(np.sum(w * y) / np.sum(w))
+    s = float(np.sum(w * (x - m) * y) / sxx)
+    if s >= 0:
+        return None
+    var_a, var_s = 1.0 / float(np.sum(w)), 1.0 / sxx
+    mu = m + (math.log(alpha) - a) / s
+    sigma = math.sqrt(var_a + (mu - m) ** 2 * var_s) / abs(s)
+    nearest = min(pts, key=lambda p: abs(p.mu - mu))
+    return Crossing(
+        mu=mu,
+        sigma=sigma,
+        slope=s,
+        slope_err=math.sqrt(var_s),
+        var_per_toy=nearest.var_per_toy,
+        method="fit",
+        window=(float(x.min()), float(x.max())),
+        below=int(np.sum(x < mu)),
+        above=int(np.sum(x > mu)),
+    )
+
+
+def locate_crossing(points: list[ScanPoint], alpha: float, half_width: float) -> Crossing | None:
+    """Return the best crossing estimate: a local fit if the scan allows one, else the bracket.
+
+    The fit window is centred on the bracket's estimate, then once more on the fit's own.
+    """
+    crossing = bracket_crossing(points, alpha)
+    if crossing is None:
+        return None
+    for _ in range(2):
+        fit = fit_crossing(points, alpha, crossing.mu, half_width)
+        if fit is None:
+            break
+        crossing = fit
+    return crossing
+
+
+def toys_for_sigma(slope: float, var_per_toy: float, target_sigma: float) -> int:
+    """Toys per hypothesis at each of two points placed symmetrically about the crossing.
+
+    With var(y) = v / N at both, the fitted crossing has sigma^2 = v / (2 N s^2), so
+    N = v / (2 s^2 target^2).
     """
     if target_sigma <= 0:
         raise ValueError("target_sigma must be positive")
-    slope = crossing.slope
     if not math.isfinite(slope) or slope >= 0:
-        return crossing.lo.n_sb, crossing.hi.n_sb
-    t = min(max(crossing.t, 0.0), 1.0)
-    w = (1.0 - t, t)
-    v = (crossing.lo.var_per_toy, crossing.hi.var_per_toy)
-    root = [wi * math.sqrt(vi) for wi, vi in zip(w, v, strict=True)]
-    total = sum(root)
-    scale = total / (slope**2 * target_sigma**2)
-    return tuple(max(1, math.ceil(scale * r)) for r in root)  # type: ignore[return-value]
+        raise ValueError("slope must be finite and negative")
+    return max(1, math.ceil(var_per_toy / (2.0 * slope**2 * target_sigma**2)))

@@ -15,7 +15,6 @@ import json
 import math
 import sys
 import time
-from dataclasses import replace
 from typing import Any
 
 import cls as stats
@@ -23,10 +22,12 @@ import numpy as np
 
 from tasklift import Workflow, work
 
-# A bracket narrower than WIDTH_STOP * precision is narrow enough to stop on; refinement aims
-# for WIDTH_TARGET * precision, where the two bracket points still differ by ~3 sigma in CLs.
-WIDTH_STOP = 12.0
-WIDTH_TARGET = 6.0
+# Refinement places two points at mu* -+ DESIGN_OFFSET * precision (at most MAX_OFFSET) and
+# fits ln CLs over a window of FIT_WINDOW times that offset: wide enough that the slope is well
+# measured, narrow enough that the curvature of ln CLs costs far less than the precision.
+DESIGN_OFFSET = 10.0
+MAX_OFFSET = 0.6
+FIT_WINDOW = 1.6
 # Aim below the requested precision so that one more iteration usually suffices.
 SIGMA_SAFETY = 0.8
 MAX_BATCHES_PER_POINT = 64
@@ -35,7 +36,9 @@ MAX_BATCHES_PER_POINT = 64
 # --------------------------------------------------------------------------- the job
 
 
-def toy_seed(seed: int, n_obs: int, background: float, mu: float, batch: int) -> np.random.SeedSequence:
+def toy_seed(
+    seed: int, n_obs: int, background: float, mu: float, batch: int
+) -> np.random.SeedSequence:
     """Return the SeedSequence of one batch: sha256 of the canonical JSON of its inputs."""
     text = json.dumps(
         {"background": background, "batch": batch, "mu": mu, "n_obs": n_obs, "seed": seed},
@@ -81,9 +84,31 @@ def initial_grid(n_obs: int, background: float, points: int, quantum: float) -> 
     return sorted({snap(x, quantum) for x in np.linspace(mu_hi / points, mu_hi, points)})
 
 
+def design_offset(precision: float) -> float:
+    """Distance of the two refinement points from the current crossing estimate."""
+    return min(DESIGN_OFFSET * precision, MAX_OFFSET)
+
+
+def fit_half_width(precision: float) -> float:
+    """Half-width of the window of the local ln CLs fit."""
+    return FIT_WINDOW * design_offset(precision)
+
+
+def converged(crossing: stats.Crossing | None, precision: float) -> bool:
+    """A fitted crossing, points on both sides, a well-measured slope, sigma <= precision."""
+    return (
+        crossing is not None
+        and crossing.method == "fit"
+        and crossing.below >= 1
+        and crossing.above >= 1
+        and abs(crossing.slope) >= 5.0 * crossing.slope_err
+        and crossing.sigma <= precision
+    )
+
+
 def _batches_for(n_target: int, have: int, toys: int, have_batches: int) -> int:
     need = max(0, math.ceil((n_target - have) / toys))
-    return min(need, max(2, 4 * have_batches), MAX_BATCHES_PER_POINT)
+    return min(need, max(4, 4 * have_batches), MAX_BATCHES_PER_POINT)
 
 
 def next_plan(
@@ -99,9 +124,9 @@ def next_plan(
     """Return the next iteration's grid: {mu: number of new batches}.
 
     No crossing yet: extend the grid up (every CLs above alpha) or down towards 0 (all below).
-    A wide bracket: two new points around the estimate, the bracket shrunk fourfold (not below
-    WIDTH_TARGET * precision). A narrow bracket: more toys at its two points, as many as the
-    propagated error needs (capped per iteration).
+    Otherwise: two points at mu* -+ offset (reusing scan points close to those), each brought to
+    the toys that the target uncertainty needs (growth capped per iteration); if they already
+    have them, scale their toys by (sigma / target)^2.
     """
     quantum = quantum_for(precision)
     plan: dict[float, int] = {}
@@ -124,30 +149,29 @@ def next_plan(
                 plan[m] = 1
         return plan
 
+    d = design_offset(precision)
     target = SIGMA_SAFETY * precision
-    if crossing.width > WIDTH_STOP * precision:
-        h = max(WIDTH_TARGET * precision, crossing.width / 4.0)
-        n_new = max(stats.toys_needed(replace(crossing, t=0.5), target))
-        for want in (crossing.mu - h / 2.0, crossing.mu + h / 2.0):
-            near = [m for m in batches if abs(m - want) <= h / 4.0]
-            mu = min(near, key=lambda m: abs(m - want)) if near else snap(want, quantum)
-            if mu <= 0:
-                continue
-            have_b = batches.get(mu, 0)
-            have = next((p.n_sb for p in points if p.mu == mu), 0)
-            plan[mu] = max(1 if have_b == 0 else 0, _batches_for(n_new, have, toys, have_b))
-        plan = {m: nb for m, nb in plan.items() if nb > 0}
-        if plan:
-            return plan
-    n_lo, n_hi = stats.toys_needed(crossing, target)
-    for p, n_target in ((crossing.lo, n_lo), (crossing.hi, n_hi)):
-        nb = _batches_for(n_target, p.n_sb, toys, batches[p.mu])
-        if nb:
-            plan[p.mu] = nb
-    if not plan:  # make progress anyway: one more batch where the weight is larger
-        heavier = crossing.hi if crossing.t >= 0.5 else crossing.lo
-        plan[heavier.mu] = 1
-    return plan
+    n_req = stats.toys_for_sigma(crossing.slope, crossing.var_per_toy, target)
+    toys_at = {p.mu: p.n_sb for p in points}
+    design: list[float] = []
+    for want in (crossing.mu - d, crossing.mu + d):
+        if want <= 0:
+            want = crossing.mu / 2.0
+        near = [m for m in batches if abs(m - want) <= d / 3.0]
+        mu = min(near, key=lambda m: abs(m - want)) if near else snap(want, quantum)
+        if mu <= 0 or mu in design:
+            continue
+        design.append(mu)
+        have_b = batches.get(mu, 0)
+        nb = _batches_for(n_req, toys_at.get(mu, 0), toys, have_b)
+        plan[mu] = max(nb, 1 if have_b == 0 else 0)
+    if not any(plan.get(mu, 0) for mu in design):
+        # the design points have the planned toys, yet sigma is too large: scale them up
+        factor = max((crossing.sigma / target) ** 2 - 1.0, 0.0)
+        for mu in design:
+            nb = math.ceil(toys_at.get(mu, 0) * factor / toys)
+            plan[mu] = min(max(nb, 1), max(4, 4 * batches.get(mu, 0)), MAX_BATCHES_PER_POINT)
+    return {m: nb for m, nb in plan.items() if nb > 0}
 
 
 # --------------------------------------------------------------------------- the workflow
@@ -170,7 +194,7 @@ def cls_limit(
     counts: dict[float, dict[str, int]] = {}
     plan = {mu: 1 for mu in initial_grid(n_obs, background, grid_points, quantum)}
     crossing: stats.Crossing | None = None
-    converged = False
+    done = False
     n_jobs = 0
     iteration = 0
     for iteration in range(1, max_iterations + 1):
@@ -191,15 +215,11 @@ def cls_limit(
             stats.scan_point(mu, c["k_sb"], c["n_sb"], c["k_b"], c["n_b"])
             for mu, c in sorted(counts.items())
         ]
-        crossing = stats.find_crossing(points, alpha)
+        crossing = stats.locate_crossing(points, alpha, fit_half_width(precision))
         if verbose:
             _report_iteration(iteration, len(jobs), crossing)
-        if (
-            crossing is not None
-            and crossing.sigma <= precision
-            and crossing.width <= WIDTH_STOP * precision
-        ):
-            converged = True
+        if converged(crossing, precision):
+            done = True
             break
         plan = next_plan(
             points,
@@ -226,11 +246,12 @@ def cls_limit(
         "upper_limit": None if crossing is None else crossing.mu,
         "uncertainty": None if crossing is None else crossing.sigma,
         "exact_upper_limit": stats.upper_limit_exact(n_obs, background, cl),
-        "converged": converged,
+        "converged": done,
         "n_toys": sum(c["n_sb"] + c["n_b"] for c in counts.values()),
         "n_jobs": n_jobs,
         "iterations": iteration,
-        "bracket": None if crossing is None else [crossing.lo.mu, crossing.hi.mu],
+        "method": None if crossing is None else crossing.method,
+        "window": None if crossing is None else list(crossing.window),
         "scan": scan,
         "n_obs": n_obs,
         "background": background,
@@ -249,7 +270,7 @@ def _report_iteration(iteration: int, n_jobs: int, crossing: stats.Crossing | No
     else:
         msg = (
             f"limit {crossing.mu:.4f} +- {crossing.sigma:.4f} "
-            f"(bracket {crossing.lo.mu:g}..{crossing.hi.mu:g})"
+            f"({crossing.method} over mu {crossing.window[0]:g}..{crossing.window[1]:g})"
         )
     print(f"iteration {iteration:2d}: {n_jobs:3d} jobs, {msg}", file=sys.stderr, flush=True)
 
@@ -333,7 +354,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_summary(r: dict[str, Any]) -> None:
-    print(f"CLs upper limit at {100 * r['cl']:g}% CL, n_obs = {r['n_obs']}, b = {r['background']:g}")
+    print(
+        f"CLs upper limit at {100 * r['cl']:g}% CL, "
+        f"n_obs = {r['n_obs']}, b = {r['background']:g}"
+    )
     if r["upper_limit"] is None:
         print("  toys:  no CLs = 1 - CL crossing found")
     else:

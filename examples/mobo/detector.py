@@ -12,7 +12,8 @@ Five design parameters (name: range, sampled on a log scale?):
 * ``depth_x0``           calorimeter depth in radiation lengths X0 (10 - 35, linear)
 * ``sampling_fraction``  MIP sampling fraction of the calorimeter (0.02 - 0.5, log)
 * ``cell_size_cm``       transverse calorimeter cell size (0.5 - 5 cm, log)
-* ``inner_radius_m``     calorimeter inner radius = solenoid radius = tracker lever arm (0.8 - 2.5 m)
+* ``inner_radius_m``     calorimeter inner radius = solenoid radius, sets the tracker lever arm
+                         (0.8 - 2.5 m)
 * ``field_t``            solenoid field (0.5 - 4 T)
 
 Three objectives, all minimised:
@@ -63,7 +64,7 @@ PARAMETERS: dict[str, tuple[float, float, bool]] = {
 OBJECTIVES: tuple[str, ...] = ("energy_resolution_pct", "momentum_resolution_pct", "cost_mchf")
 
 # Fixed reference point for the hypervolume (a design worse than this in any objective is useless).
-REFERENCE_POINT: tuple[float, ...] = (20.0, 10.0, 500.0)
+REFERENCE_POINT: tuple[float, ...] = (10.0, 2.0, 200.0)
 
 # --- materials (PDG) ----------------------------------------------------------------------------
 

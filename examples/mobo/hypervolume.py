@@ -15,7 +15,9 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def _as_points(points: Sequence[Sequence[float]] | np.ndarray, n_obj: int | None = None) -> np.ndarray:
+def _as_points(
+    points: Sequence[Sequence[float]] | np.ndarray, n_obj: int | None = None
+) -> np.ndarray:
     arr = np.asarray(points, dtype=float)
     if arr.size == 0:
         return np.zeros((0, n_obj or 0))
@@ -29,7 +31,7 @@ def _as_points(points: Sequence[Sequence[float]] | np.ndarray, n_obj: int | None
 
 
 def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
-    """True when ``a`` Pareto-dominates ``b`` (no worse everywhere, better somewhere; minimising)."""
+    """True when ``a`` Pareto-dominates ``b`` (minimising): never worse, better somewhere."""
     a_arr, b_arr = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     return bool(np.all(a_arr <= b_arr) and np.any(a_arr < b_arr))
 

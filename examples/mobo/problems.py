@@ -18,9 +18,8 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import numpy as np
-
 import detector
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -109,7 +108,7 @@ def dtlz2_true_hypervolume(reference_point: tuple[float, float, float]) -> float
 # --- registry -----------------------------------------------------------------------------------
 
 PROBLEM_NAMES: tuple[str, ...] = ("detector", "zdt1", "dtlz2")
-DEFAULT_N_VAR: dict[str, int] = {"zdt1": 6, "dtlz2": 7}
+DEFAULT_N_VAR: dict[str, int] = {"zdt1": 4, "dtlz2": 7}
 ZDT1_REFERENCE = (1.1, 1.1)
 DTLZ2_REFERENCE = (1.1, 1.1, 1.1)
 

@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-
 from hypervolume import hypervolume, non_dominated_mask
 from problems import Problem
 
@@ -158,62 +157,64 @@ def summarize(
     }
 
 
-def representative(front: Sequence[Sequence[float]]) -> list[tuple[str, int]]:
+def representative(
+    front: Sequence[Sequence[float]], reference_point: Sequence[float]
+) -> list[tuple[str, int]]:
     """Indices of a few front points worth printing: the best in each objective, and the knee.
 
-    The knee is the point closest to the ideal point once each objective is scaled to [0, 1]
-    over the front.
+    Only points inside the reference box (the ones that count for the hypervolume) are
+    considered, unless there are none. The knee is the point closest to the ideal point once
+    each objective is scaled to [0, 1] over those points.
     """
     if not front:
         return []
     arr = np.asarray(front, dtype=float)
-    picks: list[tuple[str, int]] = []
-    for m in range(arr.shape[1]):
-        picks.append((f"best f{m + 1}", int(np.argmin(arr[:, m]))))
-    span = arr.max(axis=0) - arr.min(axis=0)
+    candidates = np.flatnonzero(np.all(arr < np.asarray(reference_point, dtype=float), axis=1))
+    if len(candidates) == 0:
+        candidates = np.arange(len(arr))
+    sub = arr[candidates]
+    picks = [(f"best {m + 1}", int(candidates[np.argmin(sub[:, m])])) for m in range(arr.shape[1])]
+    span = sub.max(axis=0) - sub.min(axis=0)
     span[span == 0] = 1.0
-    scaled = (arr - arr.min(axis=0)) / span
-    picks.append(("knee", int(np.argmin(np.sqrt(np.sum(scaled**2, axis=1))))))
+    distance = np.sqrt(np.sum(((sub - sub.min(axis=0)) / span) ** 2, axis=1))
+    picks.append(("knee", int(candidates[np.argmin(distance)])))
     return picks
 
 
-def format_summary(result: dict[str, Any], budget: int, batch: int, iterations: int) -> str:
+def format_summary(result: dict[str, Any], batch: int, iterations: int) -> str:
     """Human-readable report of ``summarize``'s result."""
-    lines = []
     objs = result["objectives"]
-    lines.append(
-        f"problem {result['problem']}: {len(objs)} objectives ({', '.join(objs)}), "
-        f"sampler {result['sampler']}, {result['n_trials']} trials in {iterations} batches "
-        f"of <= {batch} (one tasklift work each)"
-    )
-    ref = ", ".join(f"{o}={r:g}" for o, r in zip(objs, result["reference_point"], strict=True))
-    lines.append(f"reference point: {ref}")
+    ref = result["reference_point"]
+    front = result["pareto_front"]
+    inside = sum(all(v < r for v, r in zip(p, ref, strict=True)) for p in front)
     hv, rhv = result["hypervolume"], result["random_hypervolume"]
     gain = f" ({hv / rhv:.3f}x)" if rhv > 0 else ""
-    lines.append(
-        f"hypervolume: {result['sampler']} {hv:.6g}   random search (same budget) {rhv:.6g}{gain}"
-    )
+    lines = [
+        f"problem {result['problem']}: {len(objs)} objectives, all minimised; sampler "
+        f"{result['sampler']}, {result['n_trials']} trials in {iterations} batches of <= {batch} "
+        "(one tasklift work each)",
+        "reference point: " + ", ".join(f"{o} {r:g}" for o, r in zip(objs, ref, strict=True)),
+        f"hypervolume: {result['sampler']} {hv:.6g}, random search (same budget) {rhv:.6g}{gain}",
+    ]
     if result["true_hypervolume"] is not None:
         lines.append(
             f"true front's hypervolume {result['true_hypervolume']:.6g}: "
-            f"{result['sampler']} reaches {result['hypervolume_ratio']:.4f}, "
-            f"random {result['random_hypervolume_ratio']:.4f}"
+            f"{result['sampler']} reaches {result['hypervolume_ratio']:.4f} of it, "
+            f"random search {result['random_hypervolume_ratio']:.4f}"
         )
     lines.append(
-        f"Pareto front: {len(result['pareto_front'])} points "
-        f"(random search: {result['random_pareto_size']})"
+        f"Pareto front: {len(front)} points, {inside} inside the reference box "
+        f"(random search's front: {result['random_pareto_size']} points)"
     )
-    picks = representative(result["pareto_front"])
+    picks = representative(front, ref)
     if picks:
-        width = max(len(o) for o in objs)
-        names = list(result["pareto_params"][0]) if len(result["pareto_params"][0]) <= 8 else []
-        head = " ".join(f"{o:>{max(width, 10)}}" for o in objs)
-        head += "".join(f" {p:>{max(len(p), 9)}}" for p in names)
-        lines.append(f"  {'':10} {head}")
-        for label, i in picks:
-            row = " ".join(f"{v:>{max(width, 10)}.4g}" for v in result["pareto_front"][i])
-            params = result["pareto_params"][i]
-            row += "".join(f" {params[p]:>{max(len(p), 9)}.4g}" for p in names)
-            lines.append(f"  {label:10} {row}")
+        lines.append("representative designs (best k: best in objective k, inside the box):")
+        params = list(result["pareto_params"][0])
+        rows = [(o, [front[i][m] for _, i in picks]) for m, o in enumerate(objs)]
+        if len(params) <= 10:
+            rows += [(p, [result["pareto_params"][i][p] for _, i in picks]) for p in params]
+        width = max(len(name) for name, _ in rows)
+        lines.append("  " + " " * width + "".join(f"{label:>11}" for label, _ in picks))
+        for name, values in rows:
+            lines.append(f"  {name:<{width}}" + "".join(f"{v:>11.4g}" for v in values))
     return "\n".join(lines)
-

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     """Largest source tree (uncompressed) that ``Workflow`` will pack."""
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
     """Worker processes of the ``local`` backend."""
+    job_python: str | None = None
+    """Python interpreter of job runners (default: this one); set it when ``init_env`` starts
+    a container whose Python lives elsewhere."""
     service: str = "local"
     """``local`` for the embedded engine, else the URL of a ``tasklift server``."""
 

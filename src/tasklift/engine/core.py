@@ -100,7 +100,7 @@ class Engine:
         if name == "local":
             from tasklift.backends.local import LocalBackend
 
-            return LocalBackend(workers=self.settings.workers)
+            return LocalBackend(workers=self.settings.workers, python=self.settings.job_python)
         raise ConfigError(f"unknown backend {name!r}; known: local")
 
     def backend(self, name: str) -> Backend:
