@@ -228,7 +228,7 @@ def test_timeout_kills_and_worker_is_replaced(settings, tmp_path):
 def test_wait_timeout_raises_work_timeout(settings):
     def wf():
         w = workfns.sleep_then(x=1, delay=3.0, return_work=True)
-        with pytest.raises(WorkTimeout, match="timed out after 0.2 s"):
+        with pytest.raises(WorkTimeout, match=r"timed out after 0\.2 s"):
             w.results(timeout=0.2)
         return w.result(timeout=30)
 
@@ -336,7 +336,7 @@ def test_archive_limit_is_reported(settings, tmp_path):
 
     from tasklift import ArchiveError
 
-    with pytest.raises(ArchiveError, match="big.bin"):
+    with pytest.raises(ArchiveError, match=r"big\.bin"):
         Workflow(func=wf, settings=small, source_dir=src).run()
 
 

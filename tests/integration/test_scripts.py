@@ -189,3 +189,41 @@ def test_killed_campaign_resumes_without_rerunning_finished_jobs(tmp_path, scrip
 
 def test_process_env_untouched():
     assert "TASKLIFT_IN_JOB" not in os.environ
+
+
+def _run_with_tty_stderr(argv, env, cwd):
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    out = proc.stdout.read().decode()
+    proc.stdout.close()
+    proc.wait(timeout=120)
+    os.close(master)
+    return proc.returncode, out, b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path, script_env, python):
+    project = write_project(tmp_path / "proj", {
+        "helpers.py": "def model(x, y):\n    return x * 10 + y\n",
+        "opt.py": QUICKSTART,
+    })
+    env = dict(script_env)
+    env.pop("TASKLIFT_QUIET")
+    code, out, tty = _run_with_tty_stderr([python, str(project / "opt.py")], env, tmp_path)
+    assert code == 0
+    assert "evaluate" in tty and "50/50" in tty  # the bar, on stderr
+    assert out.startswith("RESULT ")  # stdout untouched by the bar
+    env["TASKLIFT_QUIET"] = "1"
+    code, out, tty = _run_with_tty_stderr([python, str(project / "opt.py")], env, tmp_path)
+    assert code == 0 and "50/50" not in tty

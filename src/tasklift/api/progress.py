@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 if TYPE_CHECKING:
@@ -23,7 +24,8 @@ def wait_with_progress(work: Work, deadline: float | None) -> bool:
         TextColumn("failed {task.fields[failed]}  running {task.fields[running]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, transient=False) as bar:
+    # on stderr: stdout stays clean for the program's own output (e.g. --json)
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task(work.name, total=total, failed=0, running=0)
         while True:
             step_deadline = time.monotonic() + 0.2
