@@ -373,3 +373,19 @@ def test_init_env_runs_jobs_through_the_prefix(settings, tmp_path):
     # without init_env the same function runs outside the wrapper
     assert Workflow(func=wf, settings=settings, fresh=True).run() == [None, None]
     assert len(log.read_text().splitlines()) == len(lines)
+
+
+def test_explicit_workflow_argument_and_helper_threads(settings):
+    from concurrent.futures import ThreadPoolExecutor
+
+    holder = {}
+
+    def wf():
+        with ThreadPoolExecutor(2) as pool:
+            # a helper thread has no context variable: explicit workflow= or the one running
+            explicit = pool.submit(lambda: workfns.add(x=1, y=1, workflow=holder["wf"]))
+            implicit = pool.submit(lambda: workfns.add(x=2, y=2))
+            return explicit.result(), implicit.result(), len(holder["wf"].current_run.works)
+
+    holder["wf"] = Workflow(func=wf, settings=settings)
+    assert holder["wf"].run() == (2, 4, 2)  # both ran as works of this workflow

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Engine as DBEngine
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from tasklift.archive import PackedArchive, archive_path, store_archive
 from tasklift.backends.base import Backend
@@ -87,6 +88,7 @@ class Engine:
         self._backend_factory = backend_factory or self._default_backend
         self._backends: dict[str, Backend] = {}
         self._lock = threading.RLock()
+        self._submit_lock = threading.Lock()
         self._live: dict[int, _Live] = {}
         self._active: dict[int, tuple[int, int, bytes]] = {}  # job -> work, attempt, payload
         self._handles: dict[int, str] = {}
@@ -157,6 +159,32 @@ class Engine:
         Finished jobs of earlier works with the same ``memo_key`` and key are reused (their
         result copied, nothing runs) when ``reuse`` is true.
         """
+        for attempt in range(5):
+            try:
+                with self._submit_lock:
+                    stored = self._store_work(
+                        workflow_id, spec, memo_key, options, min_success, jobs, reuse
+                    )
+                break
+            except IntegrityError:
+                # another engine took the same sequence number: read it again
+                if attempt == 4:
+                    raise
+        work_id, job_ids, reused, status = stored
+        return self._queue_work(
+            spec, work_id, job_ids, jobs, reused, status, min_success, on_stored
+        )
+
+    def _store_work(
+        self,
+        workflow_id: int,
+        spec: WorkSpec,
+        memo_key: str,
+        options: str,
+        min_success: float,
+        jobs: Sequence[tuple[str, bytes]],
+        reuse: bool,
+    ) -> tuple[int, list[int], list[tuple[int, int, bytes]], WorkState]:
         with self.db.begin() as conn:
             seq = q.next_work_seq(conn, workflow_id)
             work_id = q.insert_work(
@@ -189,6 +217,19 @@ class Engine:
             status = work_state(len(jobs), len(reused), 0, 0, min_success)
             if status in WORK_TERMINAL:
                 q.set_work_status(conn, work_id, status.value, finished=True)
+        return work_id, job_ids, reused, status
+
+    def _queue_work(
+        self,
+        spec: WorkSpec,
+        work_id: int,
+        job_ids: list[int],
+        jobs: Sequence[tuple[str, bytes]],
+        reused: list[tuple[int, int, bytes]],
+        status: WorkState,
+        min_success: float,
+        on_stored: Callable[[WorkRecord], None] | None,
+    ) -> tuple[WorkSpec, WorkRecord]:
         spec = WorkSpec(**{**spec.__dict__, "work_id": work_id})
         live = _Live(spec=spec, n_jobs=len(jobs), min_success=min_success, finished=len(reused))
         reused_ids = {r[0] for r in reused}
