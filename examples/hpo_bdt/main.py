@@ -44,7 +44,7 @@ KAPPA = 2.576  # UCB exploration weight (bayes_opt's default)
 INT_PARAMS = frozenset({"max_depth"})
 NUM_BOOST_ROUND = 100
 
-DEFAULT_ITERATIONS = 4
+DEFAULT_ITERATIONS = 5
 DEFAULT_POINTS = 8
 DEFAULT_EVENTS = 40_000
 
@@ -58,7 +58,9 @@ def _dmatrices(n_events: int, seed: int) -> tuple[xgb.DMatrix, xgb.DMatrix, np.n
     return dtrain, dval, data.y_val
 
 
-@work(map_results=True)
+# min_success: a crashed training (e.g. out of memory on a worker) must not end the campaign;
+# the optimizer simply learns nothing from that point. Half the batch must succeed.
+@work(map_results=True, min_success=0.5)
 def train_bdt(
     eta: float = 0.3,
     max_depth: int = 6,
@@ -149,6 +151,11 @@ def suggest_batch(optimizer: BayesianOptimization, n: int, seed: int) -> list[di
     lie = float(np.min(optimizer.space.target))
     batch = []
     while len(batch) < n:
+        if batch:
+            # The GP's kernel hyperparameters were fitted (with restarts) on the real data
+            # for the first point; refitting them from 5 extra random starts after each lie
+            # would triple the cost of a batch for little change.
+            liar.set_gp_params(n_restarts_optimizer=0)
         p = _job_params(liar.suggest())
         try:
             liar.register(params=p, target=lie)
@@ -173,14 +180,22 @@ def optimize(
     """The steering loop: suggest a batch, evaluate it as one work, register, repeat."""
     optimizer = make_optimizer(seed)
     history: list[dict[str, Any]] = []
-    n_jobs = 0
+    n_jobs = n_failed = 0
     for it in range(1, iterations + 1):
         batch = suggest_batch(optimizer, points, seed=seed * 1_000 + it)
         results = train_bdt(n_events=n_events, seed=seed, group_kwargs=batch)
-        targets = [float(results.get_result(args=p)) for p in batch]
-        for p, target in zip(batch, targets, strict=True):
+        targets = []
+        for p in batch:
+            try:
+                target = float(results.get_result(args=p))
+            except KeyError:  # the job failed: it is in results.failures
+                continue
+            targets.append(target)
             optimizer.register(params=p, target=target)
+        for failure in results.failures:
+            print(f"job failed, point skipped: {failure}", file=sys.stderr)
         n_jobs += len(batch)
+        n_failed += len(results.failures)
         best = optimizer.max
         assert best is not None
         entry = {
@@ -201,6 +216,7 @@ def optimize(
         "best_target": float(best["target"]),
         "best_params": _job_params(best["params"]),
         "n_jobs": n_jobs,
+        "n_failed": n_failed,
         "iterations": iterations,
         "points": points,
         "n_events": n_events,
