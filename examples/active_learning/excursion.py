@@ -48,6 +48,7 @@ BatchEvaluator = Callable[[Array], Sequence[float]]
 
 ACQUISITIONS = ("sur", "misclassification", "straddle")
 _TINY = 1e-12
+SUR_SHORTLIST = 200
 
 
 def single_threaded_blas() -> threadpool_limits:
@@ -112,7 +113,7 @@ def expected_misclassification_reduction(
     candidates: Array,
     reference: Array,
     threshold: float,
-    n_quad: int = 12,
+    n_quad: int = 8,
 ) -> Array:
     """One-step look-ahead (SUR) score of each candidate.
 
@@ -161,6 +162,7 @@ def select_batch(
     reference: Array | None = None,
     acquisition: str = "sur",
     exclude: Array | None = None,
+    n_explore: int = 0,
 ) -> Array:
     """Choose ``n`` of ``candidates`` (unit square) greedily with the kriging believer.
 
@@ -169,7 +171,7 @@ def select_batch(
         threshold: the excursion threshold (in the units of ``y``).
         n: batch size.
         candidates: ``(m, 2)`` candidate points, ``m >= n``.
-        reference: ``(k, 2)`` integration points for ``sur`` (default: a 30 x 30 grid).
+        reference: ``(k, 2)`` integration points for ``sur`` (default: a 25 x 25 grid).
         acquisition: one of ``ACQUISITIONS``.
         exclude: points already evaluated; candidates closer than 1e-6 to one are never chosen.
 
@@ -183,7 +185,7 @@ def select_batch(
     if n > m:
         raise ValueError(f"cannot pick {n} points from {m} candidates")
     if acquisition == "sur":
-        reference = unit_grid(30) if reference is None else np.asarray(reference, dtype=float)
+        reference = unit_grid(25) if reference is None else np.asarray(reference, dtype=float)
         pool = np.vstack([candidates, reference])
         ref_idx = np.arange(m, len(pool))
     else:
@@ -197,8 +199,12 @@ def select_batch(
     chosen: list[int] = []
     with single_threaded_blas():
         mu, cov = gp.predict(pool, return_cov=True)
-        for _ in range(n):
-            best = _pick(mu, cov, cand_idx, ref_idx, allowed, threshold, acquisition)
+        for i in range(n):
+            if i >= n - n_explore:
+                var = np.where(allowed, np.diag(cov)[cand_idx], -np.inf)
+                best = int(np.argmax(var))
+            else:
+                best = _pick(mu, cov, cand_idx, ref_idx, allowed, threshold, acquisition)
             chosen.append(best)
             allowed[best] = False
             cov = condition_on_pick(cov, best)
@@ -214,25 +220,38 @@ def _pick(
     threshold: float,
     acquisition: str,
 ) -> int:
-    """Index of the best allowed candidate under ``acquisition``."""
-    if acquisition == "sur":
-        score = expected_misclassification_reduction(mu, cov, cand_idx, ref_idx, threshold)
+    """Index of the best allowed candidate under ``acquisition``.
+
+    ``sur`` scores only the ``SUR_SHORTLIST`` allowed candidates with the best straddle score (a
+    candidate far from the boundary or already well known cannot reduce the misclassification
+    much), which keeps the look-ahead cheap.
+    """
+    sigma = np.sqrt(np.clip(np.diag(cov)[cand_idx], 0.0, None))
+    if acquisition == "misclassification":
+        score = misclassification_probability(mu[cand_idx], sigma, threshold)
     else:
-        sigma = np.sqrt(np.clip(np.diag(cov)[cand_idx], 0.0, None))
-        if acquisition == "misclassification":
-            score = misclassification_probability(mu[cand_idx], sigma, threshold)
-        else:
-            score = straddle(mu[cand_idx], sigma, threshold)
-    return int(np.argmax(np.where(allowed, score, -np.inf)))
+        score = straddle(mu[cand_idx], sigma, threshold)
+    score = np.where(allowed, score, -np.inf)
+    if acquisition != "sur":
+        return int(np.argmax(score))
+    shortlist = np.argsort(-score, kind="stable")[:SUR_SHORTLIST]
+    shortlist = shortlist[np.isfinite(score[shortlist])]
+    sur = expected_misclassification_reduction(mu, cov, cand_idx[shortlist], ref_idx, threshold)
+    return int(shortlist[np.argmax(sur)])
+
+
+def predict_mean(gp: GaussianProcessRegressor, points: Array) -> Array:
+    """The GP's posterior mean at ``points``."""
+    with single_threaded_blas():
+        return gp.predict(np.asarray(points, dtype=float))
 
 
 def classification_accuracy(
     gp: GaussianProcessRegressor, grid: Array, truth: Array, threshold: float
 ) -> float:
     """Fraction of ``grid`` points where ``mu > threshold`` agrees with the boolean ``truth``."""
-    with single_threaded_blas():
-        mu = gp.predict(grid)
-    return float(np.mean((mu > threshold) == np.asarray(truth, dtype=bool)))
+    estimate = predict_mean(gp, grid) > threshold
+    return float(np.mean(estimate == np.asarray(truth, dtype=bool)))
 
 
 @dataclass
@@ -241,15 +260,24 @@ class History:
 
     x: Array = field(default_factory=lambda: np.zeros((0, 2)))
     y: Array = field(default_factory=lambda: np.zeros(0))
-    iterations: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
     accuracies: list[float] = field(default_factory=list)  # after each batch, if a grid is given
     gp: GaussianProcessRegressor | None = None
 
+    @property
+    def iterations(self) -> int:
+        """Number of batches evaluated."""
+        return len(self.batch_sizes)
+
     def add(self, x: Array, y: Sequence[float]) -> None:
         """Append one evaluated batch."""
-        self.x = np.vstack([self.x, np.asarray(x, dtype=float)])
-        self.y = np.concatenate([self.y, np.asarray(y, dtype=float)])
-        self.iterations += 1
+        x = np.asarray(x, dtype=float).reshape(-1, 2)
+        y = np.asarray(y, dtype=float).reshape(-1)
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} points but {len(y)} values")
+        self.x = np.vstack([self.x, x])
+        self.y = np.concatenate([self.y, y])
+        self.batch_sizes.append(len(y))
 
 
 def initial_design(n: int, rng: np.random.Generator) -> Array:
@@ -265,6 +293,7 @@ def active_learning(
     seed: int = 0,
     acquisition: str = "sur",
     n_initial: int | None = None,
+    n_explore: int = 0,
     n_candidates: int = 1000,
     grid: Array | None = None,
     truth: Array | None = None,
@@ -313,6 +342,7 @@ def active_learning(
             candidates,
             acquisition=acquisition,
             exclude=hist.x,
+            n_explore=n_explore if remaining > n_explore else 0,
         )
         hist.add(points, evaluate(points))
 

@@ -25,8 +25,8 @@ from tasklift import Workflow, work
 # Refinement places two points at mu* -+ DESIGN_OFFSET * precision (at most MAX_OFFSET) and
 # fits ln CLs over a window of FIT_WINDOW times that offset: wide enough that the slope is well
 # measured, narrow enough that the curvature of ln CLs costs far less than the precision.
-DESIGN_OFFSET = 10.0
-MAX_OFFSET = 0.6
+DESIGN_OFFSET = 8.0
+MAX_OFFSET = 0.4
 FIT_WINDOW = 1.6
 # Aim below the requested precision so that one more iteration usually suffices.
 SIGMA_SAFETY = 0.8
