@@ -162,7 +162,6 @@ def select_batch(
     reference: Array | None = None,
     acquisition: str = "sur",
     exclude: Array | None = None,
-    n_explore: int = 0,
 ) -> Array:
     """Choose ``n`` of ``candidates`` (unit square) greedily with the kriging believer.
 
@@ -199,12 +198,8 @@ def select_batch(
     chosen: list[int] = []
     with single_threaded_blas():
         mu, cov = gp.predict(pool, return_cov=True)
-        for i in range(n):
-            if i >= n - n_explore:
-                var = np.where(allowed, np.diag(cov)[cand_idx], -np.inf)
-                best = int(np.argmax(var))
-            else:
-                best = _pick(mu, cov, cand_idx, ref_idx, allowed, threshold, acquisition)
+        for _ in range(n):
+            best = _pick(mu, cov, cand_idx, ref_idx, allowed, threshold, acquisition)
             chosen.append(best)
             allowed[best] = False
             cov = condition_on_pick(cov, best)
@@ -293,7 +288,6 @@ def active_learning(
     seed: int = 0,
     acquisition: str = "sur",
     n_initial: int | None = None,
-    n_explore: int = 0,
     n_candidates: int = 1000,
     grid: Array | None = None,
     truth: Array | None = None,
@@ -342,7 +336,6 @@ def active_learning(
             candidates,
             acquisition=acquisition,
             exclude=hist.x,
-            n_explore=n_explore if remaining > n_explore else 0,
         )
         hist.add(points, evaluate(points))
 
