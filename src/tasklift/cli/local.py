@@ -1,10 +1,9 @@
-"""The ``tasklift`` command line: list and inspect workflows in the embedded database."""
+"""``tasklift ls`` / ``show`` / ``db upgrade``: inspect workflows in a database directly."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import sys
 from typing import Any
 
 import click
@@ -12,12 +11,12 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import desc, func, select
 
+from tasklift.cli.root import cli
 from tasklift.db import queries as q
 from tasklift.db.session import create_db_engine, mask_url, schema_is_current, upgrade
-from tasklift.errors import TaskliftError
 from tasklift.settings import Settings
 
-__all__ = ["main"]
+__all__ = ["db_group", "ls_command", "show_command"]
 
 
 def _when(ts: float | None) -> str:
@@ -30,23 +29,6 @@ def _open_db(settings: Settings) -> Any:
     engine = create_db_engine(settings.database_url)
     upgrade(engine)
     return engine
-
-
-@click.group()
-@click.option(
-    "--db",
-    "db_url",
-    envvar="TASKLIFT_DB_URL",
-    default=None,
-    help="Database URL (default: the embedded SQLite under TASKLIFT_HOME).",
-)
-@click.pass_context
-def cli(ctx: click.Context, db_url: str | None) -> None:
-    """tasklift: Function-as-a-Task workflows."""
-    settings = Settings()
-    if db_url:
-        settings = settings.with_overrides(db_url=db_url)
-    ctx.obj = settings
 
 
 @cli.command("ls")
@@ -277,22 +259,3 @@ def db_upgrade(settings: Settings) -> None:
     upgrade(engine)
     _, current, _ = schema_is_current(engine)
     click.echo(f"{mask_url(settings.database_url)} is at revision {current}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``tasklift`` command."""
-    try:
-        cli.main(args=argv, prog_name="tasklift", standalone_mode=False)
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Abort:
-        return 1
-    except TaskliftError as exc:
-        click.echo(f"error: {exc}", err=True)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
