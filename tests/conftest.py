@@ -31,6 +31,7 @@ def script_env(tmp_path: Path) -> dict[str, str]:
         TASKLIFT_QUIET="1",
         TASKLIFT_WORKERS="2",
         PYTHONPATH=str(REPO / "src"),
+        TASKLIFT_CONFIG_DIR=str(tmp_path / "config"),
     )
     return env
 

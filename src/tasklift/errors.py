@@ -10,7 +10,11 @@
     ├── ArchiveError           packing, uploading or extracting a source archive failed
     ├── BackendError           a backend could not start, submit, poll or cancel
     ├── BusError               the result bus could not connect, publish or subscribe
-    ├── NotFoundError          a workflow, work or job id that does not exist
+    ├── NotFoundError          a workflow, work or job id that does not exist (or not yours)
+    ├── AuthenticationError    no credential, or a bad/expired/revoked one (HTTP 401)
+    ├── PermissionDeniedError  a valid credential used beyond its scope (HTTP 403)
+    ├── ConflictError          the request contradicts what is stored (HTTP 409)
+    ├── ServiceError           a tasklift server could not be reached or answered 5xx
     └── SerializationError     a value could not be encoded or decoded by its serializer
 
 Every class passes its own arguments to ``super().__init__`` and builds its message in
@@ -24,12 +28,16 @@ from typing import Any
 
 __all__ = [
     "ArchiveError",
+    "AuthenticationError",
     "BackendError",
     "BusError",
     "ConfigError",
+    "ConflictError",
     "JobFailure",
     "NotFoundError",
+    "PermissionDeniedError",
     "SerializationError",
+    "ServiceError",
     "SubmissionError",
     "TaskliftError",
     "WorkFailed",
@@ -181,3 +189,19 @@ class SerializationError(_MessageError):
 
 def _rebuild(cls: type[Exception], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Exception:
     return cls(*args, **kwargs)
+
+
+class AuthenticationError(_MessageError):
+    """No credential, or a bad, expired or revoked one."""
+
+
+class PermissionDeniedError(_MessageError):
+    """A valid credential used for something outside its scope."""
+
+
+class ConflictError(_MessageError):
+    """The request contradicts what is stored (e.g. an archive whose bytes do not match)."""
+
+
+class ServiceError(_MessageError):
+    """A tasklift server could not be reached, or failed (HTTP 5xx)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -53,6 +53,28 @@ class Settings(BaseSettings):
     a container whose Python lives elsewhere."""
     service: str = "local"
     """``local`` for the embedded engine, else the URL of a ``tasklift server``."""
+    token: SecretStr | None = None
+    """Bearer token for a remote service (``TASKLIFT_TOKEN``; overrides ``tasklift login``)."""
+    bus: str | None = None
+    """Result bus URL (``embedded://``, ``stomp://...``); default: embedded."""
+    secret_key: SecretStr | None = None
+    """Server key that signs job tokens; default: generated once into ``<home>/server.key``."""
+    job_token_ttl: float = 24 * 3600.0
+    """Seconds a job token stays valid."""
+    max_archive_upload_mb: float = 256.0
+    """Largest archive the server accepts."""
+    max_request_mb: float = 64.0
+    """Largest JSON request body the server accepts."""
+    oidc_issuer: str | None = None
+    """Accepted ``iss`` of OIDC JWTs (OIDC is off when unset)."""
+    oidc_audience: str | None = None
+    """Required ``aud`` of OIDC JWTs."""
+    oidc_jwks: str | None = None
+    """JWKS of the issuer: a file path or an https URL."""
+    oidc_user_claim: str = "sub"
+    """Claim that names the user (e.g. ``preferred_username``)."""
+    admins: list[str] = Field(default_factory=list)
+    """Users (OIDC or token) that are admins."""
 
     @field_validator("workers")
     @classmethod

@@ -52,28 +52,39 @@ class AsyncResult:
         self._records: dict[int, ResultRecord] = {}
         self._arrival: list[int] = []
         self._stale = False
+        self._cursor = 0  # every done_seq up to here has been seen
+        self._seqs: set[int] = set()
         self._sub = engine.bus.subscribe(work_destination(work_id), self._on_messages)
         self._last_read = time.monotonic()
         if reread:
             self._reread()
 
+    def _add(self, record: ResultRecord) -> None:
+        if record.done_seq:
+            self._seqs.add(record.done_seq)
+            while self._cursor + 1 in self._seqs:
+                self._cursor += 1
+                self._seqs.discard(self._cursor)
+        if record.idx < 0:
+            self._stale = True
+        elif record.idx not in self._records:
+            self._records[record.idx] = record
+            self._arrival.append(record.idx)
+
     def _on_messages(self, messages: Sequence[Any]) -> None:
         with self._cond:
             for record in messages:
-                if record.idx < 0:
-                    self._stale = True
-                elif record.idx not in self._records:
-                    self._records[record.idx] = record
-                    self._arrival.append(record.idx)
+                self._add(record)
             self._cond.notify_all()
 
     def _reread(self) -> None:
-        records = self.engine.results(self.work_id)
+        """Read what the DB has beyond the gap-free cursor (a missed message costs this)."""
+        with self._cond:
+            since = self._cursor
+        records = self.engine.results(self.work_id, since)
         with self._cond:
             for record in records:
-                if record.idx not in self._records:
-                    self._records[record.idx] = record
-                    self._arrival.append(record.idx)
+                self._add(record)
             self._stale = False
             self._last_read = time.monotonic()
             self._cond.notify_all()

@@ -47,11 +47,36 @@ def embedded_engine(settings: Settings) -> Engine:
         return engine
 
 
-def shutdown() -> None:
-    """Stop every embedded engine of this process (also runs at interpreter exit)."""
+_remotes: dict[tuple[str, str | None], Any] = {}
+
+
+def connect(service: str, settings: Settings) -> Any:
+    """The engine interface for ``service``: the embedded engine, or a server over HTTP."""
+    if service == "local":
+        return embedded_engine(settings)
+    if not service.startswith(("http://", "https://")):
+        raise ConfigError(f"service must be 'local' or an http(s):// URL, got {service!r}")
+    from tasklift.api.remote import HttpService
+    from tasklift.credentials import load_credentials
+
+    token = settings.token.get_secret_value() if settings.token else None
+    creds = load_credentials(service, token)
+    token = creds.token if creds else token
     with _engines_lock:
-        engines = list(_engines.values())
+        key = (service.rstrip("/"), token)
+        remote = _remotes.get(key)
+        if remote is None:
+            remote = HttpService(service, token, settings)
+            _remotes[key] = remote
+        return remote
+
+
+def shutdown() -> None:
+    """Stop every embedded engine and service connection of this process (also at exit)."""
+    with _engines_lock:
+        engines = list(_engines.values()) + list(_remotes.values())
         _engines.clear()
+        _remotes.clear()
     for engine in engines:
         engine.close()
 
@@ -128,10 +153,8 @@ class Workflow:
             settings = Settings()
         self.settings = settings
         self.service = service or self.settings.service
-        if self.service != "local":
-            raise ConfigError(
-                f"service {self.service!r} is not available in this version; use 'local'"
-            )
+        if self.service != "local" and not self.service.startswith(("http://", "https://")):
+            raise ConfigError(f"service must be 'local' or an http(s):// URL, got {self.service!r}")
         self.name = name or getattr(func, "__name__", "workflow")
         self.exclude = tuple(exclude)
         self.init_env = init_env
@@ -160,7 +183,7 @@ class Workflow:
             raise _context.ScriptImportStop()
         if _context.current_workflow.get() is not None:
             return self.func(*args, **kwargs)  # nested call: part of the running workflow
-        engine = embedded_engine(self.settings)
+        engine = connect(self.service, self.settings)
         source_dir = self.source_dir
         packed = pack_source(
             source_dir, exclude=self.exclude, max_bytes=self.settings.archive_max_bytes

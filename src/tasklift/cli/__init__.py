@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
-from tasklift.cli import local  # noqa: F401 - registers ls, show, db
+# importing a command module registers its commands on the root group
+from tasklift.cli import local, remote, server, tokens
 from tasklift.cli.root import cli
 from tasklift.errors import TaskliftError
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "local", "main", "remote", "server", "tokens"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import desc, func, select
 
+from tasklift.cli.remote import service_client
 from tasklift.cli.root import cli
 from tasklift.db import queries as q
 from tasklift.db.session import create_db_engine, mask_url, schema_is_current, upgrade
@@ -37,7 +38,42 @@ def _open_db(settings: Settings) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def ls_command(settings: Settings, status: str | None, limit: int, as_json: bool) -> None:
-    """List workflows, newest first, with job counts."""
+    """List workflows, newest first, with job counts (from the service when configured)."""
+    rows = _ls_http(settings, status, limit)
+    title = "workflows on the service"
+    if rows is None:
+        rows = _ls_db(settings, status, limit)
+        title = f"workflows in {mask_url(settings.database_url)}"
+    _print_ls(title, rows, as_json)
+
+
+def _ls_http(settings: Settings, status: str | None, limit: int) -> list[dict[str, Any]] | None:
+    client = None if settings.db_url else service_client(settings, required=False)
+    if client is None:
+        return None
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status
+    data = client.get("/workflows", params=params)["data"]
+    return [
+        {
+            "id": wf["id"],
+            "name": wf["name"],
+            "status": wf["status"],
+            "owner": wf["owner"],
+            "created_at": wf["created_at"],
+            "finished_at": wf["finished_at"],
+            "works": wf["n_works"],
+            "jobs": wf["n_jobs"],
+            "finished": wf["n_finished"],
+            "failed": wf["n_failed"],
+            "cancelled": wf["n_cancelled"],
+        }
+        for wf in data
+    ]
+
+
+def _ls_db(settings: Settings, status: str | None, limit: int) -> list[dict[str, Any]]:
     engine = _open_db(settings)
     w, k = q.workflows, q.works
     totals = (
@@ -76,10 +112,14 @@ def ls_command(settings: Settings, status: str | None, limit: int, as_json: bool
     for row in rows:
         for name in ("works", "jobs", "finished", "failed", "cancelled"):
             row[name] = int(row[name] or 0)
+    return rows
+
+
+def _print_ls(title: str, rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"workflows in {mask_url(settings.database_url)}")
+    table = Table(title=title)
     for column in (
         "id",
         "name",
@@ -121,6 +161,35 @@ def ls_command(settings: Settings, status: str | None, limit: int, as_json: bool
 @click.pass_obj
 def show_command(settings: Settings, workflow_id: int, as_json: bool, failures: int) -> None:
     """Show one workflow: its works, their job counts, and failed jobs with their errors."""
+    data = _show_http(settings, workflow_id, failures)
+    if data is None:
+        data = _show_db(settings, workflow_id, failures)
+    _print_show(*data, as_json=as_json)
+
+
+def _show_http(
+    settings: Settings, workflow_id: int, failures: int
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[int, list[dict[str, Any]]]] | None:
+    client = None if settings.db_url else service_client(settings, required=False)
+    if client is None:
+        return None
+    wf = dict(client.get(f"/workflows/{workflow_id}"))
+    wf["result"] = json.dumps(wf["result"]).encode() if wf["result"] is not None else None
+    works = [dict(w) for w in client.get(f"/workflows/{workflow_id}/works")["data"]]
+    failed: dict[int, list[dict[str, Any]]] = {}
+    for work in works:
+        failed[work["id"]] = []
+        if work["n_failed"] or work["n_cancelled"]:
+            for state in ("failed", "cancelled"):
+                failed[work["id"]] += client.get(
+                    f"/works/{work['id']}/jobs", params={"state": state, "limit": failures}
+                )["data"]
+    return wf, works, failed
+
+
+def _show_db(
+    settings: Settings, workflow_id: int, failures: int
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[int, list[dict[str, Any]]]]:
     engine = _open_db(settings)
     w, k, j = q.workflows, q.works, q.jobs
     with engine.connect() as conn:
@@ -156,6 +225,16 @@ def show_command(settings: Settings, workflow_id: int, as_json: bool, failures: 
                     .limit(failures)
                 ).mappings()
             ]
+    return dict(wf), works, failed
+
+
+def _print_show(
+    wf: dict[str, Any],
+    works: list[dict[str, Any]],
+    failed: dict[int, list[dict[str, Any]]],
+    *,
+    as_json: bool,
+) -> None:
     info = {
         "id": wf["id"],
         "name": wf["name"],
@@ -194,7 +273,7 @@ def show_command(settings: Settings, workflow_id: int, as_json: bool, failures: 
         ]
         click.echo(json.dumps(out, indent=2, default=str))
         return
-    console = Console()
+    console = Console(soft_wrap=True)
     console.print(
         f"[bold]workflow {info['id']}[/bold] {info['name']}  status: [bold]{info['status']}[/bold]"
     )
@@ -252,9 +331,12 @@ def db_group() -> None:
 
 
 @db_group.command("upgrade")
+@click.option("--db", "db_url", default=None, help="Database URL (default: as for every command).")
 @click.pass_obj
-def db_upgrade(settings: Settings) -> None:
+def db_upgrade(settings: Settings, db_url: str | None) -> None:
     """Apply pending migrations."""
+    if db_url:
+        settings = settings.with_overrides(db_url=db_url)
     engine = create_db_engine(settings.database_url)
     upgrade(engine)
     _, current, _ = schema_is_current(engine)

@@ -18,7 +18,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Archive", "Base", "Job", "JobAttempt", "Work", "Workflow"]
+__all__ = ["ApiToken", "Archive", "Base", "Job", "JobAttempt", "Work", "Workflow"]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -86,6 +86,8 @@ class Work(Base):
     n_failed: Mapped[int] = mapped_column(Integer, default=0)
     n_cancelled: Mapped[int] = mapped_column(Integer, default=0)
     n_reused: Mapped[int] = mapped_column(Integer, default=0)
+    last_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """The highest ``done_seq`` given to a job of this work (only ever grows)."""
     created_at: Mapped[float] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
@@ -113,6 +115,8 @@ class Job(Base):
     metrics: Mapped[str | None] = mapped_column(Text, nullable=True)
     backend_handle: Mapped[str | None] = mapped_column(String(200), nullable=True)
     reused_from: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    done_seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Order in which the work's jobs became terminal (1, 2, ...): the results cursor."""
     created_at: Mapped[float] = mapped_column(Float)
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -121,6 +125,7 @@ class Job(Base):
         UniqueConstraint("work_id", "idx"),
         Index("ix_jobs_work_id_state", "work_id", "state"),
         Index("ix_jobs_key", "key"),
+        Index("ix_jobs_work_id_done_seq", "work_id", "done_seq"),
     )
 
 
@@ -149,3 +154,19 @@ class Archive(Base):
     size: Mapped[int] = mapped_column(Integer)
     n_files: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class ApiToken(Base):
+    """An API token of the service (``tl_<id>_<secret>``); only the secret's sha256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user: Mapped[str] = mapped_column(String(200), index=True)
+    is_admin: Mapped[bool] = mapped_column(default=False)
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)

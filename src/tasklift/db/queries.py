@@ -11,6 +11,7 @@ from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
 
 from tasklift.db.models import Archive, Job, JobAttempt, Work, Workflow
 from tasklift.engine.specs import ResultRecord
+from tasklift.errors import NotFoundError
 from tasklift.states import JobState, WorkflowState
 
 __all__ = [
@@ -140,7 +141,10 @@ def find_memo(conn: Connection, memo_key: str, keys: Sequence[str]) -> dict[str,
 
 
 def mark_reused(conn: Connection, reused: Sequence[tuple[int, int, bytes]]) -> None:
-    """Finish jobs with results of earlier identical jobs: ``(job id, source id, result)``."""
+    """Finish jobs with results of earlier identical jobs: ``(job id, source id, result)``.
+
+    Call on a new work before anything else ends: they take ``done_seq`` 1..n.
+    """
     now = time.time()
     if reused:
         conn.execute(
@@ -151,8 +155,12 @@ def mark_reused(conn: Connection, reused: Sequence[tuple[int, int, bytes]]) -> N
                 result=bindparam("_result"),
                 reused_from=bindparam("_src"),
                 finished_at=now,
+                done_seq=bindparam("_seq"),
             ),
-            [{"_id": j, "_src": s, "_result": r} for j, s, r in reused],
+            [
+                {"_id": j, "_src": src, "_result": r, "_seq": i + 1}
+                for i, (j, src, r) in enumerate(reused)
+            ],
         )
 
 
@@ -191,8 +199,9 @@ def store_terminal(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
                 started_at=bindparam("_started_at"),
                 finished_at=bindparam("_finished_at"),
                 stdout=bindparam("_stdout"),
+                done_seq=bindparam("_done_seq"),
             ),
-            list(rows),
+            [{k: v for k, v in row.items() if k not in ("_idx", "_work")} for row in rows],
         )
 
 
@@ -237,17 +246,59 @@ def requeue_jobs(conn: Connection, requeued: Sequence[tuple[int, int]]) -> None:
 
 def bump_work_counters(
     conn: Connection, work_id: int, finished: int, failed: int, cancelled: int
-) -> None:
-    """Add to a work's terminal counters."""
-    conn.execute(
+) -> int:
+    """Add to a work's terminal counters; return the new ``last_seq``.
+
+    ``last_seq`` grows by the number of jobs that just ended, and the row update serializes
+    concurrent writers, so ``last_seq - n + 1 .. last_seq`` numbers those jobs (``done_seq``)
+    without gaps or repeats, even across retries that lower the counters.
+    """
+    ended = finished + failed + cancelled
+    last = conn.execute(
         update(works)
         .where(works.c.id == work_id)
         .values(
             n_finished=works.c.n_finished + finished,
             n_failed=works.c.n_failed + failed,
             n_cancelled=works.c.n_cancelled + cancelled,
+            last_seq=works.c.last_seq + ended,
+        )
+        .returning(works.c.last_seq)
+    ).scalar()
+    if last is None:
+        raise NotFoundError(f"work {work_id} does not exist")
+    return int(last)
+
+
+def reopen_failed_jobs(conn: Connection, work_id: int) -> list[tuple[int, int, bytes]]:
+    """Put a work's failed jobs back to pending with fresh attempts; return them.
+
+    Returns ``(job id, idx, payload)`` of each reopened job; counters are lowered.
+    """
+    rows = conn.execute(
+        select(jobs.c.id, jobs.c.idx, jobs.c.payload)
+        .where(jobs.c.work_id == work_id, jobs.c.state == JobState.FAILED.value)
+        .order_by(jobs.c.idx)
+    ).all()
+    if not rows:
+        return []
+    conn.execute(
+        update(jobs)
+        .where(jobs.c.work_id == work_id, jobs.c.state == JobState.FAILED.value)
+        .values(
+            state=JobState.PENDING.value,
+            attempts=0,
+            done_seq=None,
+            finished_at=None,
+            started_at=None,
         )
     )
+    conn.execute(
+        update(works)
+        .where(works.c.id == work_id)
+        .values(n_failed=works.c.n_failed - len(rows), status="running", finished_at=None)
+    )
+    return [(int(a), int(b), c) for a, b, c in rows]
 
 
 def set_work_status(conn: Connection, work_id: int, status: str, finished: bool) -> None:
@@ -258,30 +309,51 @@ def set_work_status(conn: Connection, work_id: int, status: str, finished: bool)
     conn.execute(update(works).where(works.c.id == work_id).values(**values))
 
 
-def cancel_open_jobs(conn: Connection, work_id: int, message: str) -> list[tuple[int, int]]:
-    """Cancel a work's non-terminal jobs; return ``(job id, idx)`` of those cancelled."""
+def cancel_open_jobs(conn: Connection, work_id: int, message: str) -> list[ResultRecord]:
+    """Cancel a work's non-terminal jobs (counters included); return them as records."""
     open_rows = conn.execute(
-        select(jobs.c.id, jobs.c.idx).where(
-            jobs.c.work_id == work_id, jobs.c.state.not_in(TERMINAL)
-        )
+        select(jobs.c.id, jobs.c.idx, jobs.c.attempts)
+        .where(jobs.c.work_id == work_id, jobs.c.state.not_in(TERMINAL))
+        .order_by(jobs.c.idx)
     ).all()
-    if open_rows:
-        conn.execute(
-            update(jobs)
-            .where(jobs.c.work_id == work_id, jobs.c.state.not_in(TERMINAL))
-            .values(
-                state=JobState.CANCELLED.value,
-                error_type="Cancelled",
-                error_message=message,
-                finished_at=time.time(),
-            )
+    if not open_rows:
+        return []
+    total = bump_work_counters(conn, work_id, 0, 0, len(open_rows))
+    first = total - len(open_rows) + 1
+    now = time.time()
+    conn.execute(
+        update(jobs)
+        .where(jobs.c.id == bindparam("_id"))
+        .values(
+            state=JobState.CANCELLED.value,
+            error_type="Cancelled",
+            error_message=message,
+            finished_at=now,
+            done_seq=bindparam("_seq"),
+        ),
+        [{"_id": row[0], "_seq": first + i} for i, row in enumerate(open_rows)],
+    )
+    return [
+        ResultRecord(
+            int(r[0]),
+            int(r[1]),
+            JobState.CANCELLED.value,
+            None,
+            "Cancelled",
+            message,
+            None,
+            int(r[2]),
+            first + i,
         )
-    return [(int(a), int(b)) for a, b in open_rows]
+        for i, r in enumerate(open_rows)
+    ]
 
 
-def result_records(conn: Connection, work_id: int) -> list[ResultRecord]:
-    """Every terminal job of a work, in submission order."""
-    rows = conn.execute(
+def result_records(
+    conn: Connection, work_id: int, since: int = 0, limit: int | None = None
+) -> list[ResultRecord]:
+    """Terminal jobs of a work with ``done_seq > since``, in the order they ended."""
+    stmt = (
         select(
             jobs.c.id,
             jobs.c.idx,
@@ -291,12 +363,16 @@ def result_records(conn: Connection, work_id: int) -> list[ResultRecord]:
             jobs.c.error_message,
             jobs.c.traceback,
             jobs.c.attempts,
+            jobs.c.done_seq,
         )
-        .where(jobs.c.work_id == work_id, jobs.c.state.in_(TERMINAL))
-        .order_by(jobs.c.idx)
+        .where(jobs.c.work_id == work_id, jobs.c.done_seq > since)
+        .order_by(jobs.c.done_seq)
     )
+    if limit is not None:
+        stmt = stmt.limit(limit)
     return [
-        ResultRecord(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5], r[6], int(r[7])) for r in rows
+        ResultRecord(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5], r[6], int(r[7]), int(r[8]))
+        for r in conn.execute(stmt)
     ]
 
 

@@ -6,6 +6,7 @@ It stores works and their jobs in bulk, hands jobs to backends in batches, recor
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -79,6 +80,7 @@ class Engine:
         bus: Bus | None = None,
         backend_factory: Callable[[str], Backend] | None = None,
         auto_upgrade: bool = True,
+        resume: bool = False,
     ) -> None:
         self.settings = settings
         self.db: DBEngine = create_db_engine(settings.database_url)
@@ -96,6 +98,8 @@ class Engine:
         self.settings.archive_dir.mkdir(parents=True, exist_ok=True)
         self.settings.cache_dir.mkdir(parents=True, exist_ok=True)
         self._recover_orphans()
+        if resume:
+            self._resume_running_works()
 
     # ------------------------------------------------------------------ backends
     def _default_backend(self, name: str) -> Backend:
@@ -251,10 +255,12 @@ class Engine:
                 self._dispatch()
         return spec, record
 
-    def results(self, work_id: int) -> list[q.ResultRecord]:
-        """Every terminal job of a work (from the DB), in submission order."""
+    def results(
+        self, work_id: int, since: int = 0, limit: int | None = None
+    ) -> list[q.ResultRecord]:
+        """Terminal jobs of a work that ended after the first ``since`` ones (DB order)."""
         with self.db.connect() as conn:
-            return q.result_records(conn, work_id)
+            return q.result_records(conn, work_id, since, limit)
 
     def work_row(self, work_id: int) -> dict[str, Any]:
         """The work's row as a dict."""
@@ -283,7 +289,6 @@ class Engine:
                     del self._active[job_id]
             with self.db.begin() as conn:
                 cancelled = q.cancel_open_jobs(conn, work_id, message)
-                q.bump_work_counters(conn, work_id, 0, 0, len(cancelled))
                 row = conn.execute(
                     select(
                         q.works.c.n_jobs,
@@ -305,13 +310,7 @@ class Engine:
                     self.backend(live.spec.backend).cancel(handles)
                 except BackendError:
                     logger.exception("backend could not cancel jobs of work %d", work_id)
-        self.bus.publish(
-            work_destination(work_id),
-            [
-                q.ResultRecord(job_id, idx, JobState.CANCELLED.value, None, "Cancelled", message)
-                for job_id, idx in cancelled
-            ],
-        )
+        self.bus.publish(work_destination(work_id), cancelled)
         return len(cancelled)
 
     # ------------------------------------------------------------------ dispatch
@@ -432,36 +431,44 @@ class Engine:
             terminal_rows.append(row)
             counts = per_work.setdefault(work_id, [0, 0])
             counts[0 if decision.state == JobState.FINISHED else 1] += 1
-            idx = live.idx_of.pop(outcome.job_id, -1)
-            publish.setdefault(work_destination(work_id), []).append(
-                q.ResultRecord(
-                    outcome.job_id,
-                    idx,
-                    decision.state.value,
-                    outcome.result,
-                    outcome.error_type,
-                    outcome.error_message,
-                    outcome.traceback,
-                    attempt,
-                )
-            )
+            row["_idx"] = live.idx_of.pop(outcome.job_id, -1)
+            row["_work"] = work_id
         if not terminal_rows and not retry_rows:
             return publish
         done_works: list[int] = []
         with self.db.begin() as conn:
-            q.store_terminal(conn, terminal_rows)
-            q.store_retries(conn, retry_rows)
+            next_seq: dict[int, int] = {}
             for work_id, (finished, failed) in per_work.items():
                 live = self._live[work_id]
                 live.finished += finished
                 live.failed += failed
-                q.bump_work_counters(conn, work_id, finished, failed, 0)
+                total = q.bump_work_counters(conn, work_id, finished, failed, 0)
+                next_seq[work_id] = total - finished - failed + 1
                 state = work_state(
                     live.n_jobs, live.finished, live.failed, live.cancelled, live.min_success
                 )
                 if state in WORK_TERMINAL:
                     q.set_work_status(conn, work_id, state.value, finished=True)
                     done_works.append(work_id)
+            for row in terminal_rows:
+                row["_done_seq"] = next_seq[row["_work"]]
+                next_seq[row["_work"]] += 1
+            q.store_terminal(conn, terminal_rows)
+            q.store_retries(conn, retry_rows)
+        for row in terminal_rows:
+            publish.setdefault(work_destination(row["_work"]), []).append(
+                q.ResultRecord(
+                    row["_id"],
+                    row["_idx"],
+                    row["_state"],
+                    row["_result"],
+                    row["_error_type"],
+                    row["_error_message"],
+                    row["_traceback"],
+                    row["_attempts"],
+                    row["_done_seq"],
+                )
+            )
         for live, job in retried:
             live.retries.append(job)
             logger.info(
@@ -510,8 +517,8 @@ class Engine:
                 )
             ).all()
             for workflow_id, pid in rows:
-                if pid is not None and _pid_alive(int(pid)):
-                    continue
+                if pid is None or _pid_alive(int(pid)):
+                    continue  # created through the service, or its process still runs
                 message = f"the submitting process (pid {pid}) exited before the workflow ended"
                 work_ids = (
                     conn.execute(
@@ -524,11 +531,89 @@ class Engine:
                     .all()
                 )
                 for work_id in work_ids:
-                    cancelled = q.cancel_open_jobs(conn, work_id, message)
-                    q.bump_work_counters(conn, work_id, 0, 0, len(cancelled))
+                    q.cancel_open_jobs(conn, work_id, message)
                     q.set_work_status(conn, work_id, WorkState.CANCELLED.value, finished=True)
                 q.finish_workflow(conn, workflow_id, WorkflowState.FAILED.value, None, message)
                 logger.info("workflow %d marked failed: %s", workflow_id, message)
+
+    def _resume_running_works(self) -> None:
+        """Queue again the unfinished jobs of running works (a restarted server)."""
+        active = [JobState.QUEUED.value, JobState.RUNNING.value]
+        with self.db.begin() as conn:
+            rows = (
+                conn.execute(select(q.works).where(q.works.c.status == WorkState.RUNNING.value))
+                .mappings()
+                .all()
+            )
+            for row in rows:
+                # handed out before the restart but never reported: not the job's fault
+                conn.execute(
+                    q.jobs.update()
+                    .where(q.jobs.c.work_id == row["id"], q.jobs.c.state.in_(active))
+                    .values(state=JobState.PENDING.value, attempts=q.jobs.c.attempts - 1)
+                )
+        for row in rows:
+            live = self._live_from_row(dict(row))
+            live.page_after = -1
+            with self._lock:
+                self._live[row["id"]] = live
+            logger.info("resumed work %s (id %d)", row["name"], row["id"])
+        if rows:
+            with self._lock:
+                self._dispatch()
+
+    def _live_from_row(self, row: dict[str, Any]) -> _Live:
+        """Rebuild a work's in-memory state from its stored row and options."""
+        options = json.loads(row["options"])
+        sha = row["archive_sha"]
+        spec = WorkSpec(
+            work_id=row["id"],
+            name=row["name"],
+            function=row["function"],
+            script=row["script"],
+            archive_sha=sha,
+            archive_file=self.archive_file(sha) if sha else None,
+            cache_dir=str(self.settings.cache_dir),
+            serializer=options.get("serializer", "json"),
+            timeout=options.get("timeout"),
+            retries=options.get("retries", 2),
+            init_env=options.get("init_env"),
+            backend=options.get("backend") or "local",
+            resources=options.get("resources") or {},
+        )
+        return _Live(
+            spec=spec,
+            n_jobs=row["n_jobs"],
+            min_success=options.get("min_success", 1.0),
+            finished=row["n_finished"],
+            failed=row["n_failed"],
+            cancelled=row["n_cancelled"],
+        )
+
+    def retry_failed(self, work_id: int) -> int:
+        """Run a work's failed jobs again (fresh attempts); return how many."""
+        with self._lock:
+            with self.db.begin() as conn:
+                reopened = q.reopen_failed_jobs(conn, work_id)
+                row = (
+                    conn.execute(select(q.works).where(q.works.c.id == work_id)).mappings().first()
+                )
+            if row is None:
+                raise NotFoundError(f"work {work_id} does not exist")
+            if not reopened:
+                return 0
+            live = self._live.get(work_id)
+            if live is None:
+                live = self._live_from_row(dict(row))
+                self._live[work_id] = live
+            else:
+                live.failed -= len(reopened)
+            for job_id, idx, payload in reopened:
+                live.retries.append(JobSpec(job_id, 1, payload))
+                live.idx_of[job_id] = idx
+            logger.info("work %s: retrying %d failed jobs", live.spec.name, len(reopened))
+            self._dispatch()
+            return len(reopened)
 
     def close(self) -> None:
         """Stop backends and release the database."""

@@ -104,3 +104,4 @@ class ResultRecord:
     error_message: str | None = None
     traceback: str | None = None
     attempts: int = 0
+    done_seq: int = 0

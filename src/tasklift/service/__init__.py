@@ -1,0 +1,1 @@
+"""The tasklift service: REST API (FastAPI) over the same engine the embedded mode runs."""

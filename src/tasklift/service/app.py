@@ -1,0 +1,108 @@
+"""``create_app(settings)``: the FastAPI application of ``tasklift server``.
+
+The engine (scheduler, backends, bus) runs inside the server process; routes call it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from tasklift.db.session import create_db_engine, mask_url, schema_is_current
+from tasklift.errors import (
+    ArchiveError,
+    AuthenticationError,
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    SerializationError,
+    SubmissionError,
+    TaskliftError,
+)
+from tasklift.settings import Settings
+
+__all__ = ["SchemaOutOfDateError", "check_schema", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+
+_STATUS: list[tuple[type[TaskliftError], int]] = [
+    (AuthenticationError, 401),
+    (PermissionDeniedError, 403),
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (SubmissionError, 422),
+    (SerializationError, 422),
+    (ArchiveError, 422),
+    (ConfigError, 400),
+]
+
+
+class SchemaOutOfDateError(ConfigError):
+    """The database schema is older than this tasklift; ``tasklift db upgrade`` fixes it."""
+
+
+def check_schema(settings: Settings) -> None:
+    """Refuse to serve a database whose schema is not at the current migration."""
+    engine = create_db_engine(settings.database_url)
+    try:
+        ok, current, head = schema_is_current(engine)
+    finally:
+        engine.dispose()
+    if not ok:
+        raise SchemaOutOfDateError(
+            f"database {mask_url(settings.database_url)} is at schema revision {current}, this "
+            f"tasklift needs {head}: run `tasklift db upgrade --db URL` first"
+        )
+
+
+def _error_response(exc: TaskliftError) -> JSONResponse:
+    status = 500
+    for cls, code in _STATUS:
+        if isinstance(exc, cls):
+            status = code
+            break
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status, headers=headers)
+
+
+def create_app(settings: Settings, *, start_engine: bool = True) -> FastAPI:
+    """Build the app; the engine starts with the app's lifespan."""
+    from tasklift.engine.core import Engine
+    from tasklift.service.auth import Authenticator
+    from tasklift.service.routes import archives, jobs, system, workflows, works
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        check_schema(settings)
+        engine = Engine(settings, auto_upgrade=False, resume=start_engine)
+        app.state.engine = engine
+        app.state.auth = Authenticator(db=engine.db, settings=settings)
+        logger.info("tasklift server on %s", mask_url(settings.database_url))
+        try:
+            yield
+        finally:
+            engine.close()
+
+    app = FastAPI(title="tasklift", version="1", lifespan=lifespan)
+    app.state.settings = settings
+
+    @app.exception_handler(TaskliftError)
+    async def _tasklift_error(_request: Request, exc: TaskliftError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": exc.errors(), "error": "ValidationError"}, 422)
+
+    for module in (workflows, works, jobs, archives):
+        app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(system.router)
+    return app

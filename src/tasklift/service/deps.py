@@ -1,0 +1,51 @@
+"""Typed FastAPI dependencies: the engine, the settings, and the authenticated caller."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, Header, Request
+
+from tasklift.service.principal import Principal
+
+if TYPE_CHECKING:
+    from tasklift.engine.core import Engine
+    from tasklift.settings import Settings
+
+__all__ = ["EngineDep", "PrincipalDep", "SettingsDep", "UserDep"]
+
+
+def get_engine(request: Request) -> Engine:
+    """The engine of this server process."""
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def get_settings(request: Request) -> Settings:
+    """The settings the app was created with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_principal(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    """Authenticate the ``Authorization: Bearer`` header (or the web session cookie)."""
+    if authorization is None:
+        cookie = request.cookies.get("tasklift_session")
+        if cookie:
+            authorization = f"Bearer {cookie}"
+    principal: Principal = request.app.state.auth.authenticate(authorization)
+    return principal
+
+
+def get_user(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    """Authenticate and refuse job tokens."""
+    principal.require_user()
+    return principal
+
+
+EngineDep = Annotated["Engine", Depends(get_engine)]
+SettingsDep = Annotated["Settings", Depends(get_settings)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+UserDep = Annotated[Principal, Depends(get_user)]

@@ -1,0 +1,205 @@
+"""Routes: workflows (create, list, get, cancel, finish, their works)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query
+from sqlalchemy import desc, func, select
+
+from tasklift.db import queries as q
+from tasklift.errors import ConflictError
+from tasklift.service.access import visible_workflow
+from tasklift.service.deps import EngineDep, PrincipalDep, UserDep
+from tasklift.service.routes.works import work_public
+from tasklift.service.schemas import (
+    WorkflowCreate,
+    WorkflowFinish,
+    WorkflowPublic,
+    WorkflowsPublic,
+    WorksPublic,
+)
+from tasklift.states import WORKFLOW_TERMINAL, WorkflowState, WorkState
+
+router = APIRouter(prefix="/workflows", tags=["workflows"])
+
+
+def _decode(data: bytes | None) -> Any:
+    if data is None:
+        return None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _totals() -> Any:
+    k = q.works
+    return (
+        select(
+            k.c.workflow_id,
+            func.count().label("n_works"),
+            func.sum(k.c.n_jobs).label("n_jobs"),
+            func.sum(k.c.n_finished).label("n_finished"),
+            func.sum(k.c.n_failed).label("n_failed"),
+            func.sum(k.c.n_cancelled).label("n_cancelled"),
+        )
+        .group_by(k.c.workflow_id)
+        .subquery()
+    )
+
+
+def workflow_public(row: dict[str, Any], totals: dict[str, Any] | None = None) -> WorkflowPublic:
+    """Turn a workflow row (plus optional counters) into its API form."""
+    counts = {
+        k: int((totals or {}).get(k) or 0)
+        for k in ("n_works", "n_jobs", "n_finished", "n_failed", "n_cancelled")
+    }
+    return WorkflowPublic(
+        id=row["id"],
+        name=row["name"],
+        owner=row["owner"],
+        status=row["status"],
+        function=row["function"],
+        source_dir=row["source_dir"],
+        archive_sha=row["archive_sha"],
+        archive_size=row["archive_size"],
+        init_env=row["init_env"],
+        backend=row["backend"],
+        fresh=bool(row["fresh"]),
+        created_at=row["created_at"],
+        finished_at=row["finished_at"],
+        error=row["error"],
+        result=_decode(row["result"]),
+        **counts,
+    )
+
+
+@router.post("", status_code=201)
+def create_workflow(body: WorkflowCreate, engine: EngineDep, user: UserDep) -> WorkflowPublic:
+    """Register a workflow run owned by the caller."""
+    workflow_id = engine.create_workflow(
+        name=body.name,
+        owner=user.user,
+        function=body.function,
+        source_dir=body.source_dir,
+        archive_sha=body.archive_sha,
+        archive_size=body.archive_size,
+        init_env=body.init_env,
+        backend=body.backend,
+        fresh=body.fresh,
+        arguments=orjson.dumps(body.arguments),
+        client_host=None,
+        client_pid=None,
+    )
+    with engine.db.connect() as conn:
+        return workflow_public(visible_workflow(conn, user, workflow_id))
+
+
+@router.get("")
+def list_workflows(
+    engine: EngineDep,
+    user: UserDep,
+    status: Annotated[str | None, Query(max_length=20)] = None,
+    name: Annotated[str | None, Query(max_length=200)] = None,
+    owner: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> WorkflowsPublic:
+    """Workflows the caller may see, newest first; admins may filter by owner."""
+    w = q.workflows
+    conditions = []
+    if not user.is_admin:
+        conditions.append(w.c.owner == user.user)
+    elif owner:
+        conditions.append(w.c.owner == owner)
+    if status:
+        conditions.append(w.c.status == status)
+    if name:
+        conditions.append(w.c.name.contains(name, autoescape=True))
+    totals = _totals()
+    stmt = (
+        select(
+            w,
+            *[totals.c[c] for c in ("n_works", "n_jobs", "n_finished", "n_failed", "n_cancelled")],
+        )
+        .outerjoin(totals, totals.c.workflow_id == w.c.id)
+        .where(*conditions)
+        .order_by(desc(w.c.id))
+        .limit(limit)
+        .offset(offset)
+    )
+    with engine.db.connect() as conn:
+        rows = [dict(r) for r in conn.execute(stmt).mappings()]
+        count = conn.execute(select(func.count()).select_from(w).where(*conditions)).scalar()
+    return WorkflowsPublic(data=[workflow_public(r, r) for r in rows], count=int(count or 0))
+
+
+@router.get("/{workflow_id}")
+def get_workflow(workflow_id: int, engine: EngineDep, principal: PrincipalDep) -> WorkflowPublic:
+    """One workflow with its job counters."""
+    with engine.db.connect() as conn:
+        row = visible_workflow(conn, principal, workflow_id)
+        totals = _totals()
+        counts = (
+            conn.execute(select(totals).where(totals.c.workflow_id == workflow_id))
+            .mappings()
+            .first()
+        )
+    return workflow_public(row, dict(counts) if counts else None)
+
+
+@router.get("/{workflow_id}/works")
+def list_works(workflow_id: int, engine: EngineDep, principal: PrincipalDep) -> WorksPublic:
+    """The works of a workflow in submission order."""
+    with engine.db.connect() as conn:
+        visible_workflow(conn, principal, workflow_id)
+        rows = (
+            conn.execute(
+                select(q.works).where(q.works.c.workflow_id == workflow_id).order_by(q.works.c.seq)
+            )
+            .mappings()
+            .all()
+        )
+    return WorksPublic(data=[work_public(dict(r)) for r in rows], count=len(rows))
+
+
+@router.post("/{workflow_id}/cancel")
+def cancel_workflow(workflow_id: int, engine: EngineDep, user: UserDep) -> WorkflowPublic:
+    """Cancel every running work of the workflow and mark it cancelled."""
+    with engine.db.connect() as conn:
+        row = visible_workflow(conn, user, workflow_id)
+        running = (
+            conn.execute(
+                select(q.works.c.id).where(
+                    q.works.c.workflow_id == workflow_id,
+                    q.works.c.status == WorkState.RUNNING.value,
+                )
+            )
+            .scalars()
+            .all()
+        )
+    for work_id in running:
+        engine.cancel_work(int(work_id))
+    if row["status"] not in {s.value for s in WORKFLOW_TERMINAL}:
+        engine.finish_workflow(workflow_id, WorkflowState.CANCELLED, None, "cancelled by the user")
+    return get_workflow(workflow_id, engine, user)
+
+
+@router.post("/{workflow_id}/finish")
+def finish_workflow(
+    workflow_id: int, body: WorkflowFinish, engine: EngineDep, principal: PrincipalDep
+) -> WorkflowPublic:
+    """Store the workflow function's return value or error (once)."""
+    with engine.db.connect() as conn:
+        row = visible_workflow(conn, principal, workflow_id)
+    if row["status"] in {s.value for s in WORKFLOW_TERMINAL}:
+        raise ConflictError(f"workflow {workflow_id} already ended ({row['status']})")
+    engine.finish_workflow(
+        workflow_id,
+        WorkflowState(body.status),
+        orjson.dumps(body.result) if body.status == "finished" else None,
+        body.error,
+    )
+    return get_workflow(workflow_id, engine, principal)

@@ -1,0 +1,195 @@
+"""Request and response bodies of the REST API (pydantic), one family per resource."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "JobIn",
+    "JobPublic",
+    "JobsPublic",
+    "LogsPublic",
+    "ResultPublic",
+    "ResultsPage",
+    "WorkCreate",
+    "WorkPublic",
+    "WorkflowCreate",
+    "WorkflowFinish",
+    "WorkflowPublic",
+    "WorkflowsPublic",
+    "WorksPublic",
+]
+
+SHA256 = r"^[0-9a-f]{64}$"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WorkflowCreate(_Body):
+    """Register a workflow run."""
+
+    name: str = Field(min_length=1, max_length=200)
+    function: str = Field(min_length=1, max_length=500)
+    source_dir: str | None = Field(default=None, max_length=4096)
+    archive_sha: str | None = Field(default=None, pattern=SHA256)
+    archive_size: int | None = Field(default=None, ge=0)
+    init_env: str | None = Field(default=None, max_length=4096)
+    backend: str = Field(default="local", min_length=1, max_length=200)
+    fresh: bool = False
+    arguments: Any = None
+
+
+class WorkflowFinish(_Body):
+    """The end of a workflow run, reported by whoever ran its function."""
+
+    status: Literal["finished", "failed"]
+    result: Any = None
+    error: str | None = Field(default=None, max_length=1_000_000)
+
+
+class WorkflowPublic(BaseModel):
+    """A workflow as the API shows it."""
+
+    id: int
+    name: str
+    owner: str
+    status: str
+    function: str
+    source_dir: str | None
+    archive_sha: str | None
+    archive_size: int | None
+    init_env: str | None
+    backend: str
+    fresh: bool
+    created_at: float
+    finished_at: float | None
+    error: str | None
+    result: Any = None
+    n_works: int = 0
+    n_jobs: int = 0
+    n_finished: int = 0
+    n_failed: int = 0
+    n_cancelled: int = 0
+
+
+class WorkflowsPublic(BaseModel):
+    """A page of workflows, newest first."""
+
+    data: list[WorkflowPublic]
+    count: int
+
+
+class JobIn(_Body):
+    """One job of a new work: its key and serialized ``{"args", "kwargs"}`` (base64)."""
+
+    key: str = Field(pattern=SHA256)
+    payload: str = Field(max_length=16 * 1024 * 1024)
+
+
+class WorkCreate(_Body):
+    """A new work with all its jobs, in one request."""
+
+    workflow_id: int = Field(ge=1)
+    name: str = Field(min_length=1, max_length=200)
+    function: str = Field(min_length=1, max_length=500)
+    script: str | None = Field(default=None, max_length=4096)
+    serializer: Literal["json", "pickle"] = "json"
+    timeout: float | None = Field(default=None, gt=0)
+    retries: int = Field(default=2, ge=0, le=100)
+    init_env: str | None = Field(default=None, max_length=4096)
+    backend: str | None = Field(default=None, max_length=200)
+    resources: dict[str, Any] = Field(default_factory=dict)
+    min_success: float = Field(default=1.0, ge=0.0, le=1.0)
+    map_results: bool = False
+    reuse: bool = True
+    jobs: list[JobIn] = Field(min_length=1, max_length=2_000_000)
+
+
+class WorkPublic(BaseModel):
+    """A work as the API shows it."""
+
+    id: int
+    workflow_id: int
+    seq: int
+    name: str
+    function: str
+    script: str | None
+    archive_sha: str | None
+    status: str
+    options: dict[str, Any]
+    n_jobs: int
+    n_finished: int
+    n_failed: int
+    n_cancelled: int
+    n_reused: int
+    created_at: float
+    finished_at: float | None
+
+
+class WorksPublic(BaseModel):
+    """The works of a workflow, in submission order."""
+
+    data: list[WorkPublic]
+    count: int
+
+
+class JobPublic(BaseModel):
+    """A job as the API shows it (kwargs and result decoded when they are JSON)."""
+
+    id: int
+    work_id: int
+    idx: int
+    key: str
+    state: str
+    attempts: int
+    kwargs: Any = None
+    result: Any = None
+    error_type: str | None
+    error_message: str | None
+    traceback: str | None
+    backend_handle: str | None
+    reused_from: int | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+
+class JobsPublic(BaseModel):
+    """A page of a work's jobs, in submission order."""
+
+    data: list[JobPublic]
+    count: int
+
+
+class LogsPublic(BaseModel):
+    """A job's captured output (head and tail kept when long)."""
+
+    job_id: int
+    stdout: str
+    stderr: str
+
+
+class ResultPublic(BaseModel):
+    """A terminal job in the results stream; ``result`` is the serialized value, base64."""
+
+    job_id: int
+    idx: int
+    state: str
+    result: str | None
+    error_type: str | None
+    error_message: str | None
+    traceback: str | None
+    attempts: int
+    done_seq: int
+
+
+class ResultsPage(BaseModel):
+    """Results after a cursor; pass ``cursor`` back as ``since`` to continue."""
+
+    data: list[ResultPublic]
+    cursor: int
+    done: bool

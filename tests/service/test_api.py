@@ -1,0 +1,195 @@
+"""The REST API against a real server process, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import orjson
+
+from tasklift import get_unique_id_for_dict
+
+PROJECT = {
+    "helpers.py": "def model(x, y):\n    return x * 10 + y\n",
+    "campaign.py": '''
+        import json, os, pathlib, sys
+        from tasklift import work, Workflow, WorkFailed, get_unique_id_for_dict
+
+        @work(map_results=True)
+        def evaluate(x, y=0, scale=1.0):
+            from helpers import model
+            print("evaluating", x)
+            return model(x, y) * scale
+
+        @work(retries=0)
+        def flaky(x, marker):
+            m = pathlib.Path(marker) / str(x)
+            if x % 3 == 0 and not m.exists():
+                m.parent.mkdir(parents=True, exist_ok=True)
+                m.touch()
+                raise RuntimeError(f"first try of {x} fails")
+            return x
+
+        def optimize(n):
+            points = [{"x": i, "y": i % 3} for i in range(n)]
+            res = evaluate(scale=2.0, group_kwargs=points)
+            out = {get_unique_id_for_dict(p): res.get_result(args=p) for p in points}
+            failed = []
+            try:
+                flaky(group_kwargs=[{"x": i, "marker": sys.argv[2]} for i in range(7)])
+            except WorkFailed as exc:
+                failed = sorted(f.kwargs["x"] for f in exc.failures)
+            return {"map": out, "failed": failed}
+
+        if __name__ == "__main__":
+            wf = Workflow(func=optimize, service=os.environ["TASKLIFT_SERVICE"])
+            print("RESULT", json.dumps(wf.run(int(sys.argv[1]))))
+            print("WORKFLOW", wf.workflow_id)
+    ''',
+}
+
+
+def make_project(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, text in PROJECT.items():
+        (root / name).write_text(textwrap.dedent(text))
+    return root
+
+
+def run_campaign(server, token: str, tmp_path: Path, n: int = 30):
+    project = make_project(tmp_path / "proj")
+    proc = subprocess.run(
+        [sys.executable, str(project / "campaign.py"), str(n), str(tmp_path / "markers")],
+        env=server.env(token), capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+    return json.loads(lines["RESULT"]), int(lines["WORKFLOW"])
+
+
+def test_workflow_runs_through_the_server_and_isolation_holds(server, tmp_path):
+    alice, bob = server.token("alice"), server.token("bob")
+    admin = server.token("root", admin=True)
+    result, wf_id = run_campaign(server, alice, tmp_path)
+    assert result["map"][get_unique_id_for_dict({"x": 4, "y": 1})] == 82.0
+    assert len(result["map"]) == 30
+    assert result["failed"] == [0, 3, 6]
+
+    with server.client(alice) as c:
+        wf = c.get(f"/api/v1/workflows/{wf_id}").json()
+        assert (wf["owner"], wf["status"], wf["n_jobs"], wf["n_finished"]) == (
+            "alice", "finished", 37, 34)
+        assert wf["result"]["failed"] == [0, 3, 6]
+        works = c.get(f"/api/v1/workflows/{wf_id}/works").json()["data"]
+        assert [w["name"] for w in works] == ["evaluate", "flaky"]
+        flaky_id = works[1]["id"]
+        failed = c.get(f"/api/v1/works/{flaky_id}/jobs", params={"state": "failed"}).json()
+        assert failed["count"] == 3
+        job = c.get(f"/api/v1/jobs/{failed['data'][0]['id']}").json()
+        assert job["error_type"] == "RuntimeError" and "first try of 0" in job["traceback"]
+        assert job["kwargs"]["x"] == 0
+        first_eval = c.get(f"/api/v1/works/{works[0]['id']}/jobs", params={"limit": 1}).json()
+        logs = c.get(f"/api/v1/jobs/{first_eval['data'][0]['id']}/logs").json()
+        assert logs["stdout"] == "evaluating 0\n"
+
+        # retry failed jobs only: the three failures now succeed, the rest are untouched
+        before = {j["id"]: j["attempts"] for j in
+                  c.get(f"/api/v1/works/{flaky_id}/jobs").json()["data"]}
+        assert c.post(f"/api/v1/works/{flaky_id}/retry").status_code == 200
+        deadline = time.monotonic() + 60
+        while c.get(f"/api/v1/works/{flaky_id}").json()["status"] != "finished":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        after = c.get(f"/api/v1/works/{flaky_id}/jobs").json()["data"]
+        assert all(j["state"] == "finished" for j in after)
+        assert {j["id"]: j["attempts"] for j in after if j["kwargs"]["x"] % 3} == {
+            k: v for k, v in before.items() if k not in {j["id"] for j in failed["data"]}}
+        # the results stream numbers every end: the retried jobs come after the first 7
+        page = c.get(f"/api/v1/works/{flaky_id}/results", params={"since": 7}).json()
+        assert sorted(r["idx"] for r in page["data"]) == [0, 3, 6]
+        assert page["done"] and page["cursor"] == 10
+
+    with server.client(bob) as c:
+        for path in (f"/api/v1/workflows/{wf_id}", f"/api/v1/works/{flaky_id}",
+                     f"/api/v1/works/{flaky_id}/jobs", f"/api/v1/jobs/{job['id']}"):
+            assert c.get(path).status_code == 404, path
+        assert c.post(f"/api/v1/works/{flaky_id}/cancel").status_code == 404
+        assert c.get("/api/v1/workflows").json()["count"] == 0
+    with server.client(admin) as c:
+        listing = c.get("/api/v1/workflows", params={"owner": "alice"}).json()
+        assert listing["count"] == 1 and listing["data"][0]["id"] == wf_id
+    with server.client(None) as c:
+        response = c.get(f"/api/v1/workflows/{wf_id}")
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+    with server.client("tl_1_not-a-real-secret") as c:
+        assert c.get("/api/v1/workflows").status_code == 401
+
+
+def test_bulk_work_results_cursor_and_bad_input(server):
+    alice = server.token("alice")
+    with server.client(alice) as c:
+        wf = c.post("/api/v1/workflows", json={"name": "bulk", "function": "m:f"}).json()
+
+        def job(i):
+            payload = orjson.dumps({"kwargs": {"x": i}})
+            return {"key": get_unique_id_for_dict({"x": i}),
+                    "payload": base64.b64encode(payload).decode()}
+
+        # a function nobody can import: every job fails fast, which is all we need here
+        body = {"workflow_id": wf["id"], "name": "bulk", "function": "no_such_module:f",
+                "retries": 0, "jobs": [job(i) for i in range(500)]}
+        created = c.post("/api/v1/works", json=body)
+        assert created.status_code == 201, created.text
+        work = created.json()
+        assert work["n_jobs"] == 500
+
+        seen, cursor = [], 0
+        deadline = time.monotonic() + 120
+        while True:
+            page = c.get(f"/api/v1/works/{work['id']}/results",
+                         params={"since": cursor, "limit": 64, "wait": 5}).json()
+            seen += [r["done_seq"] for r in page["data"]]
+            cursor = page["cursor"]
+            if page["done"]:
+                break
+            assert time.monotonic() < deadline
+        assert seen == list(range(1, 501))  # re-attaching by cursor misses nothing
+        failed = c.get(f"/api/v1/works/{work['id']}/jobs", params={"state": "failed",
+                                                                 "limit": 1}).json()
+        assert failed["count"] == 500
+        assert "no_such_module" in failed["data"][0]["error_message"]
+
+        # bad input: 4xx with a message, nothing stored
+        n_works = len(c.get(f"/api/v1/workflows/{wf['id']}/works").json()["data"])
+        bad = [
+            c.post("/api/v1/works", content=b"{not json",
+                   headers={"Content-Type": "application/json"}),
+            c.post("/api/v1/works", json={**body, "jobs": "nope"}),
+            c.post("/api/v1/works", json={**body, "jobs": [job(1), job(1)]}),
+            c.post("/api/v1/works", json={**body, "workflow_id": 999_999}),
+            c.post("/api/v1/works", json={**body, "jobs": [{"key": "x", "payload": "e30="}]}),
+            c.post("/api/v1/works", json={**body, "jobs": [{**job(1), "payload": "!!"}]}),
+            c.get("/api/v1/works/999999"),
+            c.get("/api/v1/jobs/999999/logs"),
+            c.post("/api/v1/workflows", json={"name": "", "function": "m:f"}),
+        ]
+        codes = [r.status_code for r in bad]
+        assert codes == [422, 422, 422, 404, 422, 422, 404, 404, 422]
+        assert all(r.json().get("detail") for r in bad)
+        assert "repeats key" in bad[2].json()["detail"]
+        assert len(c.get(f"/api/v1/workflows/{wf['id']}/works").json()["data"]) == n_works
+
+
+def test_server_refuses_an_out_of_date_schema(tmp_path):
+    db = f"sqlite:///{tmp_path / 'old.db'}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tasklift.cli", "server", "--db", db, "--port", "1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "tasklift db upgrade" in proc.stderr
