@@ -6,6 +6,7 @@
     ├── SubmissionError        bad input found before anything runs (nothing was stored)
     ├── WorkFailed             a work ended with fewer successful jobs than its min_success
     ├── WorkTimeout            waiting for results took longer than the caller allowed
+    ├── WorkflowFailedError    a workflow (waited for by id) failed or was cancelled
     ├── ConfigError            an unknown name, a malformed URL, an invalid setting
     ├── ArchiveError           packing, uploading or extracting a source archive failed
     ├── BackendError           a backend could not start, submit, poll or cancel
@@ -42,6 +43,7 @@ __all__ = [
     "TaskliftError",
     "WorkFailed",
     "WorkTimeout",
+    "WorkflowFailedError",
 ]
 
 
@@ -150,6 +152,20 @@ class WorkTimeout(TaskliftError):
             f"work {self.work_name!r}: timed out after {self.timeout:g} s with "
             f"{self.n_done} of {self.n_jobs} jobs done"
         )
+
+
+class WorkflowFailedError(TaskliftError):
+    """A workflow waited for by id failed or was cancelled."""
+
+    def __init__(self, workflow_id: int, status: str, error: str) -> None:
+        super().__init__(workflow_id, status, error)
+        self.workflow_id = workflow_id
+        self.status = status
+        self.error = error
+
+    def __str__(self) -> str:
+        last = self.error.strip().splitlines()[-1] if self.error.strip() else "(no error text)"
+        return f"workflow {self.workflow_id} {self.status}: {last}"
 
 
 class _MessageError(TaskliftError):

@@ -51,6 +51,11 @@ class FunctionLoader:
         self._cache: dict[tuple[str | None, str, str | None], Callable[..., Any]] = {}
         self._current_root: str | None = None
 
+    @property
+    def current_root(self) -> str | None:
+        """The extracted archive whose modules are importable now."""
+        return self._current_root
+
     def load(self, work: WorkSpec) -> Callable[..., Any]:
         """Return the plain function of ``work`` (the ``@work`` wrapper removed)."""
         cache_key = (work.archive_sha, work.function, work.script)
@@ -292,6 +297,10 @@ class _Worker:
         except Exception as exc:  # noqa: BLE001 - import failures are the job's outcome
             outcome = failure_outcome(job, exc)
         else:
+            if work.kind == "workflow":  # a remote workflow's function: its works go to the API
+                from tasklift.api.run import remote_workflow_call
+
+                fn = remote_workflow_call(fn, work, job.token, self.loader.current_root)
             if work.timeout is not None:
                 self.send([], started=(job.job_id, job.attempt))
             outcome = run_job(fn, work, job)

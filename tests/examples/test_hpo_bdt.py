@@ -85,6 +85,7 @@ def _assert_valid_points(hpo: ModuleType, batch: list[dict], n: int) -> None:
     for p in batch:
         assert set(p) == set(hpo.PBOUNDS)
         assert isinstance(p["max_depth"], int)
+        assert 2 <= p["max_depth"] <= 10
         for name, value in p.items():
             low, high = hpo.PBOUNDS[name]
             assert low <= value <= high, (name, value)
@@ -129,7 +130,9 @@ def test_main_runs_end_to_end_on_the_embedded_engine(
     for name, value in out["best_params"].items():
         low, high = hpo.PBOUNDS[name]
         assert low <= value <= high, (name, value)
+    assert out["best_params"]["max_depth"] in range(2, 11)
     assert out["n_jobs"] == 8
+    assert out["n_failed"] == 0
     assert out["iterations"] == 2
     assert [h["iteration"] for h in out["history"]] == [1, 2]
     best_so_far = [h["best_so_far"] for h in out["history"]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -193,3 +194,72 @@ def test_server_refuses_an_out_of_date_schema(tmp_path):
     )
     assert proc.returncode != 0
     assert "tasklift db upgrade" in proc.stderr
+
+
+REMOTE = '''
+    import os, sys, time
+    from tasklift import work, Workflow
+
+    @work
+    def square(x):
+        return x * x
+
+    def campaign(n, offset=0):
+        total = 0
+        for it in range(2):                  # steering logic runs on the server side
+            total += sum(square(group_kwargs=[{"x": i + offset + it} for i in range(n)]))
+        return {"total": total, "pid": os.getpid()}
+
+    if __name__ == "__main__":
+        wf = Workflow(func=campaign, service=os.environ["TASKLIFT_SERVICE"], remote=True)
+        print("ID", wf.submit(4, offset=10))
+'''
+
+
+def test_remote_workflow_runs_on_the_server_and_can_be_reattached(server, tmp_path):
+    from tasklift import Workflow
+    from tasklift.settings import Settings
+
+    token = server.token("alice")
+    project = tmp_path / "remote"
+    project.mkdir()
+    (project / "remote.py").write_text(textwrap.dedent(REMOTE))
+    proc = subprocess.run([sys.executable, str(project / "remote.py")], env=server.env(token),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    wf_id = int(proc.stdout.split("ID ")[1])
+    # the submitting process is gone; a new client re-attaches by id
+    settings = Settings(token=token, home=tmp_path / "other-client", quiet=True)
+    result = Workflow.attach(wf_id, service=server.url, settings=settings).result(timeout=120)
+    expected = sum((i + 10) ** 2 for i in range(4)) + sum((i + 11) ** 2 for i in range(4))
+    assert result["total"] == expected
+    assert result["pid"] != os.getpid()  # the function ran in a server-side job runner
+    with server.client(token) as c:
+        works = c.get(f"/api/v1/workflows/{wf_id}/works").json()["data"]
+        assert [w["name"] for w in works] == ["campaign", "square", "square"]
+        assert c.get(f"/api/v1/workflows/{wf_id}").json()["status"] == "finished"
+    waited = subprocess.run([sys.executable, "-m", "tasklift.cli", "wait", str(wf_id)],
+                            env=server.env(token), capture_output=True, text=True, timeout=60)
+    assert json.loads(waited.stdout)["total"] == expected
+
+
+def test_job_tokens_are_scoped(server):
+    from tasklift.db.session import create_db_engine
+    from tasklift.service.auth import Authenticator
+
+    alice = server.token("alice")
+    with server.client(alice) as c:
+        mine = c.post("/api/v1/workflows", json={"name": "a", "function": "m:f"}).json()
+        other = c.post("/api/v1/workflows", json={"name": "b", "function": "m:f"}).json()
+    db = create_db_engine(server.db_url)
+    auth = Authenticator(db=db, settings=server.settings())
+    runner = auth.issue_job_token(user="alice", workflow_id=mine["id"])
+    work_scoped = auth.issue_job_token(user="alice", workflow_id=mine["id"], work_id=1)
+    db.dispose()
+    with server.client(runner) as c:
+        assert c.get(f"/api/v1/workflows/{mine['id']}").status_code == 200
+        assert c.get(f"/api/v1/workflows/{other['id']}").status_code == 403
+        assert c.get("/api/v1/workflows").status_code == 403
+        assert c.post("/api/v1/workflows", json={"name": "x", "function": "m:f"}).status_code == 403
+    with server.client(work_scoped) as c:
+        assert c.get(f"/api/v1/workflows/{mine['id']}").status_code == 403

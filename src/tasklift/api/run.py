@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from tasklift import _context
 from tasklift.api.decorators import WorkflowFunction, defining_file
 from tasklift.archive import pack_source
@@ -25,7 +27,15 @@ if TYPE_CHECKING:
     from tasklift.engine.core import Engine
     from tasklift.settings import Settings
 
-__all__ = ["Workflow", "WorkflowRun", "embedded_engine", "shutdown", "single_running_workflow"]
+__all__ = [
+    "Workflow",
+    "WorkflowHandle",
+    "WorkflowRun",
+    "embedded_engine",
+    "remote_workflow_call",
+    "shutdown",
+    "single_running_workflow",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +118,85 @@ class WorkflowRun:
     works: list[Any] = field(default_factory=list)
 
 
+def remote_workflow_call(
+    fn: Callable[..., Any], work: Any, token: str | None, root: str | None
+) -> Callable[..., Any]:
+    """Wrap a remote workflow's function so that, run by a job runner, its ``@work`` calls
+    submit works to the service with the runner's job token."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        from tasklift.api.remote import HttpService
+        from tasklift.settings import Settings
+
+        if not work.service_url or not token:
+            raise ConfigError("a remote workflow job needs the service URL and a job token")
+        service = HttpService(work.service_url, token, Settings(quiet=True))
+        run = WorkflowRun(
+            engine=service,
+            workflow_id=work.workflow_id,
+            name=work.name,
+            source_dir=Path(root) if root else None,
+            archive_sha=work.archive_sha,
+            archive_file=None,
+            init_env=work.init_env,
+            backend=work.backend,
+            fresh=False,
+            show_progress=False,
+        )
+        context = _context.current_workflow.set(run)
+        _running.append(run)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _context.current_workflow.reset(context)
+            _running.remove(run)
+            for handle in run.works:
+                handle.close()
+            service.close()
+
+    return call
+
+
+class WorkflowHandle:
+    """A workflow known by id on a service: its status and, once it ended, its result."""
+
+    def __init__(self, workflow_id: int, service: Any) -> None:
+        self.workflow_id = workflow_id
+        self._service = service
+
+    def __repr__(self) -> str:
+        return f"<WorkflowHandle {self.workflow_id}>"
+
+    @property
+    def status(self) -> WorkflowState:
+        """The workflow's state as stored."""
+        return WorkflowState(self._service.get(f"/workflows/{self.workflow_id}")["status"])
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the workflow to end and return its return value.
+
+        Raises:
+            WorkflowFailedError: the workflow failed or was cancelled (with its error).
+            WorkTimeout: ``timeout`` seconds passed first.
+        """
+        import time
+
+        from tasklift.errors import WorkflowFailedError, WorkTimeout
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            wf = self._service.get(f"/workflows/{self.workflow_id}")
+            if wf["status"] == WorkflowState.FINISHED.value:
+                return wf["result"]
+            if wf["status"] in (WorkflowState.FAILED.value, WorkflowState.CANCELLED.value):
+                raise WorkflowFailedError(self.workflow_id, wf["status"], wf["error"] or "")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WorkTimeout(f"workflow {self.workflow_id}", float(timeout or 0), 0, 1)
+            time.sleep(delay if deadline is None else min(delay, deadline - time.monotonic()))
+            delay = min(delay * 1.5, 2.0)
+
+
 class Workflow:
     """One workflow: a steering function plus where and how its works run.
 
@@ -121,6 +210,8 @@ class Workflow:
         init_env: command prefix (and ``;``-separated set-up) for job runners.
         backend: where jobs run (``"local"``).
         fresh: do not reuse finished jobs of earlier identical runs.
+        remote: run the workflow function itself as a job on the service (``submit()``
+            returns at once; ``Workflow.attach(id, service=URL).result()`` waits).
         settings: explicit :class:`~tasklift.settings.Settings` (default: environment).
     """
 
@@ -135,6 +226,7 @@ class Workflow:
         backend: str | None = None,
         fresh: bool = False,
         *,
+        remote: bool = False,
         settings: Settings | None = None,
     ) -> None:
         if isinstance(func, WorkflowFunction):
@@ -160,6 +252,12 @@ class Workflow:
         self.init_env = init_env
         self.backend = backend or "local"
         self.fresh = fresh
+        self.remote = remote
+        if remote and self.service == "local":
+            raise ConfigError(
+                "remote=True runs the workflow function on a service: give "
+                "service='http://host:port'"
+            )
         self._source_dir = Path(source_dir).resolve() if source_dir is not None else None
         self.current_run: WorkflowRun | None = None
         self.workflow_id: int | None = None
@@ -177,10 +275,73 @@ class Workflow:
             )
         return path.parent
 
-    def run(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the workflow function here and return its return value (stored too)."""
+    @classmethod
+    def attach(
+        cls, workflow_id: int, service: str | None = None, *, settings: Settings | None = None
+    ) -> WorkflowHandle:
+        """A handle on an existing workflow of a service (e.g. to re-attach and wait)."""
+        if settings is None:
+            from tasklift.settings import Settings
+
+            settings = Settings()
+        url = service or settings.service
+        if url == "local":
+            raise ConfigError("attach needs a service URL (service='http://host:port')")
+        return WorkflowHandle(workflow_id, connect(url, settings))
+
+    def submit(self, *args: Any, **kwargs: Any) -> int:
+        """Start a ``remote=True`` workflow on the service and return its id at once."""
         if _context.importing_script.get():
             raise _context.ScriptImportStop()
+        if not self.remote:
+            raise ConfigError("submit() is for remote=True workflows; use run()")
+        from tasklift.api.decorators import WorkFunction
+        from tasklift.api.submit import function_location
+
+        service = connect(self.service, self.settings)
+        source_dir = self.source_dir
+        packed = pack_source(
+            source_dir, exclude=self.exclude, max_bytes=self.settings.archive_max_bytes
+        )
+        service.store_archive(packed)
+        function, script = function_location(WorkFunction(self.func), source_dir)
+        try:
+            arguments = orjson.loads(
+                get_serializer("json").dumps({"args": list(args), "kwargs": kwargs})
+            )
+        except SerializationError as exc:
+            raise SubmissionError(f"remote workflow arguments must be JSON: {exc}") from exc
+        created = service.post(
+            "/workflows",
+            {
+                "name": self.name,
+                "function": function,
+                "script": script,
+                "source_dir": str(source_dir),
+                "archive_sha": packed.sha256,
+                "archive_size": len(packed.data),
+                "init_env": self.init_env,
+                "backend": self.backend,
+                "fresh": self.fresh,
+                "arguments": arguments,
+                "remote": True,
+            },
+        )
+        self.workflow_id = int(created["id"])
+        logger.info("remote workflow %s submitted as id %d", self.name, self.workflow_id)
+        return self.workflow_id
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the workflow function and return its return value (stored too).
+
+        With ``remote=True`` the function runs as a job on the service; this submits it and
+        waits for its result.
+        """
+        if _context.importing_script.get():
+            raise _context.ScriptImportStop()
+        if self.remote:
+            workflow_id = self.submit(*args, **kwargs)
+            return WorkflowHandle(workflow_id, connect(self.service, self.settings)).result()
         if _context.current_workflow.get() is not None:
             return self.func(*args, **kwargs)  # nested call: part of the running workflow
         engine = connect(self.service, self.settings)

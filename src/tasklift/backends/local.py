@@ -35,8 +35,16 @@ __all__ = ["LocalBackend", "worker_command"]
 
 logger = logging.getLogger(__name__)
 
+MAX_RUNNERS = 64
+"""Most workflow functions (remote workflows) running at once, each in its own worker."""
+
 TARGET_QUEUE_SECONDS = 0.02
 """How much work (by measured duration) to queue at each worker ahead of time."""
+
+
+def _pool_key(work: WorkSpec) -> tuple[str | None, bool]:
+    env = work.init_env.strip() if work.init_env and work.init_env.strip() else None
+    return env, work.kind == "workflow"
 
 
 def worker_command(python: str, init_env: str | None) -> list[str]:
@@ -58,7 +66,7 @@ def worker_command(python: str, init_env: str | None) -> list[str]:
 @dataclass
 class _Worker:
     proc: subprocess.Popen[bytes]
-    env_key: str | None
+    env_key: tuple[str | None, bool]  # (init_env, runs workflow functions)
     write_fd: int
     read_fd: int
     inflight: deque[tuple[int, int, int]] = field(default_factory=deque)  # job, attempt, work
@@ -80,7 +88,7 @@ class LocalBackend(Backend):
         self.python = python or sys.executable
         self._sink: OutcomeSink | None = None
         self._lock = threading.RLock()
-        self._pools: dict[str | None, list[_Worker]] = {}
+        self._pools: dict[tuple[str | None, bool], list[_Worker]] = {}
         self._by_fd: dict[int, _Worker] = {}
         self._works: dict[int, WorkSpec] = {}
         self._durations: dict[int, float] = {}
@@ -96,7 +104,7 @@ class LocalBackend(Backend):
         """Start the I/O thread and the default pool of workers."""
         self._sink = sink
         with self._lock:
-            self._pool(None)
+            self._pool((None, False))
         self._thread = threading.Thread(target=self._io_loop, name="tasklift-local-io", daemon=True)
         self._thread.start()
 
@@ -130,9 +138,12 @@ class LocalBackend(Backend):
         with self._lock:
             if self._closing:
                 return 0
-            pool = self._pool(work.init_env)
+            pool = self._pool_for(work)
             window = self._window(work)
-            return sum(max(0, window - len(w.inflight)) for w in pool if not w.dead)
+            free = sum(max(0, window - len(w.inflight)) for w in pool if not w.dead)
+            if work.kind == "workflow":
+                free += max(0, MAX_RUNNERS - len(pool))  # runner workers start on demand
+            return free
 
     def submit(self, work: WorkSpec, jobs: Sequence[JobSpec]) -> list[str]:
         """Queue ``jobs`` at the least busy workers of ``work``'s pool."""
@@ -142,7 +153,15 @@ class LocalBackend(Backend):
             if self._closing:
                 raise BackendError("local backend is closed")
             self._works[work.work_id] = work
-            pool = [w for w in self._pool(work.init_env) if not w.dead]
+            key = _pool_key(work)
+            if work.kind == "workflow":
+                # a workflow function waits for its own works: give it a worker of its own,
+                # never a queue shared with the jobs it waits for
+                pool = self._pool_for(work)
+                idle = sum(1 for w in pool if not w.dead and not w.inflight)
+                for _ in range(max(0, len(jobs) - idle)):
+                    pool.append(self._spawn(key))
+            pool = [w for w in self._pool_for(work) if not w.dead]
             if not pool:
                 raise BackendError("local backend has no live workers")
             window = self._window(work)
@@ -205,21 +224,26 @@ class LocalBackend(Backend):
 
     # ------------------------------------------------------------------ internals
     def _window(self, work: WorkSpec) -> int:
+        if work.kind == "workflow":
+            return 1
         duration = self._durations.get(work.work_id)
         if duration is None:
             return 2
         return max(2, min(512, math.ceil(TARGET_QUEUE_SECONDS / max(duration, 1e-6))))
 
-    def _pool(self, init_env: str | None) -> list[_Worker]:
-        key = init_env.strip() if init_env and init_env.strip() else None
+    def _pool_for(self, work: WorkSpec) -> list[_Worker]:
+        return self._pool(_pool_key(work))
+
+    def _pool(self, key: tuple[str | None, bool]) -> list[_Worker]:
         pool = self._pools.get(key)
         if pool is None:
-            pool = [self._spawn(key) for _ in range(self.n_workers)]
+            runners = key[1]
+            pool = [] if runners else [self._spawn(key) for _ in range(self.n_workers)]
             self._pools[key] = pool
         return pool
 
-    def _spawn(self, env_key: str | None) -> _Worker:
-        argv = worker_command(self.python, env_key)
+    def _spawn(self, env_key: tuple[str | None, bool]) -> _Worker:
+        argv = worker_command(self.python, env_key[0])
         try:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
@@ -237,7 +261,7 @@ class LocalBackend(Backend):
         self._by_fd[read_fd] = worker
         self._selector.register(read_fd, selectors.EVENT_READ, worker)
         self._wakeup()
-        logger.debug("started local worker pid %d (%s)", proc.pid, env_key or "no init_env")
+        logger.debug("started local worker pid %d (%s)", proc.pid, env_key[0] or "no init_env")
         return worker
 
     def _queue_frame(self, worker: _Worker, message: object) -> None:
@@ -390,7 +414,7 @@ class LocalBackend(Backend):
             pool = self._pools.get(worker.env_key, [])
             if worker in pool:
                 pool.remove(worker)
-            if not self._closing:
+            if not self._closing and not worker.env_key[1]:  # runner pools refill on demand
                 pool.append(self._spawn(worker.env_key))
         _kill(worker.proc)
         try:

@@ -95,6 +95,10 @@ class Engine:
         self._active: dict[int, tuple[int, int, bytes]] = {}  # job -> work, attempt, payload
         self._handles: dict[int, str] = {}
         self._closed = False
+        self.job_token_issuer: Callable[[WorkSpec, JobSpec], str] | None = None
+        """Set by the service: makes the job token of a remote workflow's runner job."""
+        self.result_latency_observer: Callable[[float], None] | None = None
+        """Set by the service: sees seconds from a job's end to its result's commit."""
         self.settings.archive_dir.mkdir(parents=True, exist_ok=True)
         self.settings.cache_dir.mkdir(parents=True, exist_ok=True)
         self._recover_orphans()
@@ -176,7 +180,7 @@ class Engine:
                     raise
         work_id, job_ids, reused, status = stored
         return self._queue_work(
-            spec, work_id, job_ids, jobs, reused, status, min_success, on_stored
+            spec, workflow_id, work_id, job_ids, jobs, reused, status, min_success, on_stored
         )
 
     def _store_work(
@@ -226,6 +230,7 @@ class Engine:
     def _queue_work(
         self,
         spec: WorkSpec,
+        workflow_id: int,
         work_id: int,
         job_ids: list[int],
         jobs: Sequence[tuple[str, bytes]],
@@ -234,7 +239,7 @@ class Engine:
         min_success: float,
         on_stored: Callable[[WorkRecord], None] | None,
     ) -> tuple[WorkSpec, WorkRecord]:
-        spec = WorkSpec(**{**spec.__dict__, "work_id": work_id})
+        spec = WorkSpec(**{**spec.__dict__, "work_id": work_id, "workflow_id": workflow_id})
         live = _Live(spec=spec, n_jobs=len(jobs), min_success=min_success, finished=len(reused))
         reused_ids = {r[0] for r in reused}
         if len(jobs) <= IN_MEMORY_JOBS:
@@ -328,6 +333,11 @@ class Engine:
             batch = self._take(live, room)
             if not batch:
                 continue
+            if live.spec.kind == "workflow" and self.job_token_issuer is not None:
+                batch = [
+                    JobSpec(j.job_id, j.attempt, j.payload, self.job_token_issuer(live.spec, j))
+                    for j in batch
+                ]
             try:
                 handles = backend.submit(live.spec, batch)
             except BackendError as exc:
@@ -455,6 +465,23 @@ class Engine:
                 next_seq[row["_work"]] += 1
             q.store_terminal(conn, terminal_rows)
             q.store_retries(conn, retry_rows)
+            for row in terminal_rows:
+                spec = self._live[row["_work"]].spec
+                if spec.kind == "workflow":  # a remote workflow's function ended
+                    ok = row["_state"] == JobState.FINISHED.value
+                    error = row["_traceback"] or f"{row['_error_type']}: {row['_error_message']}"
+                    q.finish_workflow(
+                        conn,
+                        spec.workflow_id,
+                        (WorkflowState.FINISHED if ok else WorkflowState.FAILED).value,
+                        row["_result"] if ok else None,
+                        None if ok else error,
+                    )
+        if self.result_latency_observer is not None:
+            now = time.time()
+            for row in terminal_rows:
+                if row["_finished_at"]:
+                    self.result_latency_observer(max(0.0, now - row["_finished_at"]))
         for row in terminal_rows:
             publish.setdefault(work_destination(row["_work"]), []).append(
                 q.ResultRecord(
@@ -580,6 +607,9 @@ class Engine:
             init_env=options.get("init_env"),
             backend=options.get("backend") or "local",
             resources=options.get("resources") or {},
+            kind=options.get("kind", "work"),
+            workflow_id=row["workflow_id"],
+            service_url=options.get("service_url"),
         )
         return _Live(
             spec=spec,

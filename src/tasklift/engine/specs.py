@@ -27,6 +27,9 @@ class WorkSpec:
         init_env: command prefix (and ``;``-separated set-up commands) for the job runner.
         backend: the backend name the jobs run on.
         resources: ``cores``, ``memory_mb``, ``walltime`` hints for batch backends.
+        kind: ``work``, or ``workflow`` for the one job that runs a remote workflow's function.
+        workflow_id: the workflow the work belongs to.
+        service_url: where a ``workflow`` job's runner submits its works.
     """
 
     work_id: int
@@ -42,6 +45,9 @@ class WorkSpec:
     init_env: str | None = None
     backend: str = "local"
     resources: dict[str, Any] = field(default_factory=dict)
+    kind: str = "work"
+    workflow_id: int = 0
+    service_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,11 +58,13 @@ class JobSpec:
         job_id: the job's id.
         attempt: 1 for the first run, 2 for the first retry, ...
         payload: serialized ``{"args": [...], "kwargs": {...}}``.
+        token: a short-lived job token for runners that call the service (never stored).
     """
 
     job_id: int
     attempt: int
     payload: bytes
+    token: str | None = field(default=None, repr=False)
 
 
 @dataclass

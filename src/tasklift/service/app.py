@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -63,6 +64,20 @@ def check_schema(settings: Settings) -> None:
         )
 
 
+def _owner(engine: Any, workflow_id: int) -> str:
+    from sqlalchemy import select
+
+    from tasklift.db import queries as q
+
+    with engine.db.connect() as conn:
+        owner = conn.execute(
+            select(q.workflows.c.owner).where(q.workflows.c.id == workflow_id)
+        ).scalar()
+    if owner is None:
+        raise ConfigError(f"workflow {workflow_id} vanished before its runner started")
+    return str(owner)
+
+
 def _error_response(exc: TaskliftError) -> JSONResponse:
     status = 500
     for cls, code in _STATUS:
@@ -77,6 +92,7 @@ def create_app(settings: Settings, *, start_engine: bool = True) -> FastAPI:
     """Build the app; the engine starts with the app's lifespan."""
     from tasklift.engine.core import Engine
     from tasklift.service.auth import Authenticator
+    from tasklift.service.metrics import ServiceMetrics
     from tasklift.service.routes import archives, jobs, system, workflows, works
 
     @asynccontextmanager
@@ -84,7 +100,12 @@ def create_app(settings: Settings, *, start_engine: bool = True) -> FastAPI:
         check_schema(settings)
         engine = Engine(settings, auto_upgrade=False, resume=start_engine)
         app.state.engine = engine
-        app.state.auth = Authenticator(db=engine.db, settings=settings)
+        auth = Authenticator(db=engine.db, settings=settings)
+        app.state.auth = auth
+        engine.job_token_issuer = lambda spec, _job: auth.issue_job_token(
+            user=_owner(engine, spec.workflow_id), workflow_id=spec.workflow_id
+        )
+        engine.result_latency_observer = metrics.observe_result_latency
         logger.info("tasklift server on %s", mask_url(settings.database_url))
         try:
             yield
@@ -93,6 +114,8 @@ def create_app(settings: Settings, *, start_engine: bool = True) -> FastAPI:
 
     app = FastAPI(title="tasklift", version="1", lifespan=lifespan)
     app.state.settings = settings
+    metrics = ServiceMetrics()
+    app.state.metrics = metrics
 
     @app.exception_handler(TaskliftError)
     async def _tasklift_error(_request: Request, exc: TaskliftError) -> JSONResponse:

@@ -41,6 +41,10 @@ class WorkflowCreate(_Body):
     backend: str = Field(default="local", min_length=1, max_length=200)
     fresh: bool = False
     arguments: Any = None
+    remote: bool = False
+    """Run the workflow function itself as a job here (``arguments``: ``{args, kwargs}``)."""
+    script: str | None = Field(default=None, max_length=4096)
+    """Remote workflows: the script inside the archive that defines ``function``."""
 
 
 class WorkflowFinish(_Body):

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from sqlalchemy import desc, func, select
 
 from tasklift.db import queries as q
-from tasklift.errors import ConflictError
+from tasklift.engine.specs import WorkSpec
+from tasklift.errors import ConflictError, SubmissionError
 from tasklift.service.access import visible_workflow
 from tasklift.service.deps import EngineDep, PrincipalDep, UserDep
 from tasklift.service.routes.works import work_public
@@ -77,8 +81,12 @@ def workflow_public(row: dict[str, Any], totals: dict[str, Any] | None = None) -
 
 
 @router.post("", status_code=201)
-def create_workflow(body: WorkflowCreate, engine: EngineDep, user: UserDep) -> WorkflowPublic:
-    """Register a workflow run owned by the caller."""
+def create_workflow(
+    body: WorkflowCreate, request: Request, engine: EngineDep, user: UserDep
+) -> WorkflowPublic:
+    """Register a workflow run owned by the caller (and start it here when ``remote``)."""
+    if body.remote:
+        _check_remote(body, engine)
     workflow_id = engine.create_workflow(
         name=body.name,
         owner=user.user,
@@ -93,8 +101,65 @@ def create_workflow(body: WorkflowCreate, engine: EngineDep, user: UserDep) -> W
         client_host=None,
         client_pid=None,
     )
+    if body.remote:
+        _start_remote(body, workflow_id, engine, str(request.base_url).rstrip("/"))
     with engine.db.connect() as conn:
         return workflow_public(visible_workflow(conn, user, workflow_id))
+
+
+def _check_remote(body: WorkflowCreate, engine: Any) -> None:
+    if body.archive_sha is None:
+        raise SubmissionError("a remote workflow needs its archive (archive_sha)")
+    if not Path(engine.archive_file(body.archive_sha)).exists():
+        raise SubmissionError(
+            f"archive {body.archive_sha[:12]} is not on this server: PUT it first"
+        )
+    args = body.arguments if isinstance(body.arguments, dict) else {}
+    if set(args) - {"args", "kwargs"}:
+        raise SubmissionError("remote workflow arguments are {'args': [...], 'kwargs': {...}}")
+
+
+def _start_remote(body: WorkflowCreate, workflow_id: int, engine: Any, url: str) -> None:
+    """Queue the one job that runs the workflow function (its works come back via the API)."""
+    call = body.arguments if isinstance(body.arguments, dict) else {}
+    payload = orjson.dumps({"args": call.get("args") or [], "kwargs": call.get("kwargs") or {}})
+    sha = body.archive_sha
+    assert sha is not None
+    spec = WorkSpec(
+        work_id=0,
+        name=body.name,
+        function=body.function,
+        script=body.script,
+        archive_sha=sha,
+        archive_file=engine.archive_file(sha),
+        cache_dir=str(engine.settings.cache_dir),
+        retries=0,
+        init_env=body.init_env,
+        backend=body.backend,
+        kind="workflow",
+        workflow_id=workflow_id,
+        service_url=url,
+    )
+    options = json.dumps(
+        {
+            "kind": "workflow",
+            "service_url": url,
+            "retries": 0,
+            "backend": body.backend,
+            "init_env": body.init_env,
+            "serializer": "json",
+            "min_success": 1.0,
+        }
+    )
+    engine.submit_work(
+        workflow_id=workflow_id,
+        spec=spec,
+        memo_key=hashlib.sha256(payload).hexdigest(),
+        options=options,
+        min_success=1.0,
+        reuse=False,
+        jobs=[(hashlib.sha256(payload).hexdigest(), payload)],
+    )
 
 
 @router.get("")
