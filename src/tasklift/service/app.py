@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 
 from tasklift.db.session import create_db_engine, mask_url, schema_is_current
 from tasklift.errors import (
@@ -92,6 +93,7 @@ def create_app(settings: Settings, *, start_engine: bool = True) -> FastAPI:
     """Build the app; the engine starts with the app's lifespan."""
     from tasklift.engine.core import Engine
     from tasklift.service.auth import Authenticator
+    from tasklift.service.limits import BodyLimit
     from tasklift.service.metrics import ServiceMetrics
     from tasklift.service.routes import archives, jobs, system, workflows, works
 
@@ -121,10 +123,27 @@ def create_app(settings: Settings, *, start_engine: bool = True) -> FastAPI:
     async def _tasklift_error(_request: Request, exc: TaskliftError) -> JSONResponse:
         return _error_response(exc)
 
+    @app.exception_handler(DataError)
+    async def _data_error(_request: Request, exc: DataError) -> JSONResponse:
+        # e.g. a NUL byte PostgreSQL cannot store: bad input, and the transaction rolled back
+        logger.info("refused a value the database cannot store: %s", exc.orig)
+        return JSONResponse(
+            {"detail": f"a value cannot be stored: {exc.orig}", "error": "DataError"}, 422
+        )
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": exc.errors(), "error": "ValidationError"}, 422)
+        detail = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": detail, "error": "ValidationError"}, 422)
 
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=int(settings.max_request_mb * 1024 * 1024),
+        exempt=(f"{API_PREFIX}/archives/",),
+    )
     for module in (workflows, works, jobs, archives):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(system.router)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Path, Request
 
 from tasklift.service.principal import Principal
 
@@ -12,7 +12,10 @@ if TYPE_CHECKING:
     from tasklift.engine.core import Engine
     from tasklift.settings import Settings
 
-__all__ = ["EngineDep", "PrincipalDep", "SettingsDep", "UserDep"]
+__all__ = ["MAX_ID", "EngineDep", "IdPath", "PrincipalDep", "SettingsDep", "UserDep"]
+
+MAX_ID = 2_147_483_647
+"""Ids are 32-bit in the database; larger ones cannot exist (404/422, never a 500)."""
 
 
 def get_engine(request: Request) -> Engine:
@@ -49,3 +52,4 @@ EngineDep = Annotated["Engine", Depends(get_engine)]
 SettingsDep = Annotated["Settings", Depends(get_settings)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 UserDep = Annotated[Principal, Depends(get_user)]
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]

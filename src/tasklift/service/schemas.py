@@ -36,7 +36,7 @@ class WorkflowCreate(_Body):
     function: str = Field(min_length=1, max_length=500)
     source_dir: str | None = Field(default=None, max_length=4096)
     archive_sha: str | None = Field(default=None, pattern=SHA256)
-    archive_size: int | None = Field(default=None, ge=0)
+    archive_size: int | None = Field(default=None, ge=0, le=2**62)
     init_env: str | None = Field(default=None, max_length=4096)
     backend: str = Field(default="local", min_length=1, max_length=200)
     fresh: bool = False
@@ -97,7 +97,7 @@ class JobIn(_Body):
 class WorkCreate(_Body):
     """A new work with all its jobs, in one request."""
 
-    workflow_id: int = Field(ge=1)
+    workflow_id: int = Field(ge=1, le=2_147_483_647)
     name: str = Field(min_length=1, max_length=200)
     function: str = Field(min_length=1, max_length=500)
     script: str | None = Field(default=None, max_length=4096)

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from tasklift.db import queries as q
 from tasklift.service.access import visible_job
-from tasklift.service.deps import EngineDep, PrincipalDep
+from tasklift.service.deps import EngineDep, IdPath, PrincipalDep
 from tasklift.service.routes.works import job_public
 from tasklift.service.schemas import JobPublic, LogsPublic
 
@@ -17,7 +17,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
 @router.get("/{job_id}")
-def get_job(job_id: int, engine: EngineDep, principal: PrincipalDep) -> JobPublic:
+def get_job(job_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> JobPublic:
     """One job: kwargs, state, result, error and traceback, timestamps."""
     with engine.db.connect() as conn:
         row = visible_job(conn, principal, job_id)
@@ -28,7 +28,7 @@ def get_job(job_id: int, engine: EngineDep, principal: PrincipalDep) -> JobPubli
 
 
 @router.get("/{job_id}/logs")
-def get_logs(job_id: int, engine: EngineDep, principal: PrincipalDep) -> LogsPublic:
+def get_logs(job_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> LogsPublic:
     """The job's captured stdout and stderr (head and tail kept when long)."""
     with engine.db.connect() as conn:
         row = visible_job(conn, principal, job_id)

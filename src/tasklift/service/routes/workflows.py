@@ -15,7 +15,7 @@ from tasklift.db import queries as q
 from tasklift.engine.specs import WorkSpec
 from tasklift.errors import ConflictError, SubmissionError
 from tasklift.service.access import visible_workflow
-from tasklift.service.deps import EngineDep, PrincipalDep, UserDep
+from tasklift.service.deps import MAX_ID, EngineDep, IdPath, PrincipalDep, UserDep
 from tasklift.service.routes.works import work_public
 from tasklift.service.schemas import (
     WorkflowCreate,
@@ -36,6 +36,13 @@ def _decode(data: bytes | None) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
+
+
+def _dump(name: str, value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError as exc:  # e.g. integers beyond 64 bits
+        raise SubmissionError(f"{name} cannot be stored as JSON: {exc}") from None
 
 
 def _totals() -> Any:
@@ -119,10 +126,12 @@ def _check_remote(body: WorkflowCreate, engine: Any) -> None:
         raise SubmissionError("remote workflow arguments are {'args': [...], 'kwargs': {...}}")
 
 
-def _start_remote(body: WorkflowCreate, workflow_id: int, engine: Any, url: str) -> None:
+def _start_remote(body: WorkflowCreate, workflow_id: IdPath, engine: Any, url: str) -> None:
     """Queue the one job that runs the workflow function (its works come back via the API)."""
     call = body.arguments if isinstance(body.arguments, dict) else {}
-    payload = orjson.dumps({"args": call.get("args") or [], "kwargs": call.get("kwargs") or {}})
+    payload = _dump(
+        "arguments", {"args": call.get("args") or [], "kwargs": call.get("kwargs") or {}}
+    )
     sha = body.archive_sha
     assert sha is not None
     spec = WorkSpec(
@@ -170,7 +179,7 @@ def list_workflows(
     name: Annotated[str | None, Query(max_length=200)] = None,
     owner: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> WorkflowsPublic:
     """Workflows the caller may see, newest first; admins may filter by owner."""
     w = q.workflows
@@ -202,7 +211,7 @@ def list_workflows(
 
 
 @router.get("/{workflow_id}")
-def get_workflow(workflow_id: int, engine: EngineDep, principal: PrincipalDep) -> WorkflowPublic:
+def get_workflow(workflow_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> WorkflowPublic:
     """One workflow with its job counters."""
     with engine.db.connect() as conn:
         row = visible_workflow(conn, principal, workflow_id)
@@ -216,7 +225,7 @@ def get_workflow(workflow_id: int, engine: EngineDep, principal: PrincipalDep) -
 
 
 @router.get("/{workflow_id}/works")
-def list_works(workflow_id: int, engine: EngineDep, principal: PrincipalDep) -> WorksPublic:
+def list_works(workflow_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> WorksPublic:
     """The works of a workflow in submission order."""
     with engine.db.connect() as conn:
         visible_workflow(conn, principal, workflow_id)
@@ -231,7 +240,7 @@ def list_works(workflow_id: int, engine: EngineDep, principal: PrincipalDep) -> 
 
 
 @router.post("/{workflow_id}/cancel")
-def cancel_workflow(workflow_id: int, engine: EngineDep, user: UserDep) -> WorkflowPublic:
+def cancel_workflow(workflow_id: IdPath, engine: EngineDep, user: UserDep) -> WorkflowPublic:
     """Cancel every running work of the workflow and mark it cancelled."""
     with engine.db.connect() as conn:
         row = visible_workflow(conn, user, workflow_id)
@@ -254,7 +263,7 @@ def cancel_workflow(workflow_id: int, engine: EngineDep, user: UserDep) -> Workf
 
 @router.post("/{workflow_id}/finish")
 def finish_workflow(
-    workflow_id: int, body: WorkflowFinish, engine: EngineDep, principal: PrincipalDep
+    workflow_id: IdPath, body: WorkflowFinish, engine: EngineDep, principal: PrincipalDep
 ) -> WorkflowPublic:
     """Store the workflow function's return value or error (once)."""
     with engine.db.connect() as conn:

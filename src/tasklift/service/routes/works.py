@@ -20,7 +20,7 @@ from tasklift.db import queries as q
 from tasklift.engine.specs import WorkSpec
 from tasklift.errors import SubmissionError
 from tasklift.service.access import visible_work, visible_workflow
-from tasklift.service.deps import EngineDep, PrincipalDep
+from tasklift.service.deps import MAX_ID, EngineDep, IdPath, PrincipalDep
 from tasklift.service.schemas import (
     JobPublic,
     JobsPublic,
@@ -161,14 +161,14 @@ def create_work(body: WorkCreate, engine: EngineDep, principal: PrincipalDep) ->
 
 
 @router.get("/{work_id}")
-def get_work(work_id: int, engine: EngineDep, principal: PrincipalDep) -> WorkPublic:
+def get_work(work_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> WorkPublic:
     """One work with its counters."""
     with engine.db.connect() as conn:
         return work_public(visible_work(conn, principal, work_id))
 
 
 @router.post("/{work_id}/cancel")
-def cancel_work(work_id: int, engine: EngineDep, principal: PrincipalDep) -> WorkPublic:
+def cancel_work(work_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> WorkPublic:
     """Cancel the work's queued and running jobs."""
     with engine.db.connect() as conn:
         visible_work(conn, principal, work_id)
@@ -177,7 +177,7 @@ def cancel_work(work_id: int, engine: EngineDep, principal: PrincipalDep) -> Wor
 
 
 @router.post("/{work_id}/retry")
-def retry_work(work_id: int, engine: EngineDep, principal: PrincipalDep) -> WorkPublic:
+def retry_work(work_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> WorkPublic:
     """Run the work's failed jobs again (finished jobs are left alone)."""
     with engine.db.connect() as conn:
         visible_work(conn, principal, work_id)
@@ -187,12 +187,12 @@ def retry_work(work_id: int, engine: EngineDep, principal: PrincipalDep) -> Work
 
 @router.get("/{work_id}/jobs")
 def list_jobs(
-    work_id: int,
+    work_id: IdPath,
     engine: EngineDep,
     principal: PrincipalDep,
     state: Annotated[str | None, Query(max_length=20)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> JobsPublic:
     """A page of the work's jobs in submission order, optionally of one state."""
     j = q.jobs
@@ -213,10 +213,10 @@ def list_jobs(
 
 @router.get("/{work_id}/results")
 async def list_results(
-    work_id: int,
+    work_id: IdPath,
     engine: EngineDep,
     principal: PrincipalDep,
-    since: Annotated[int, Query(ge=0)] = 0,
+    since: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0.0,
 ) -> ResultsPage:
