@@ -1,6 +1,7 @@
 """Statistics of the CLs toy example: test statistic, exact CLs, toy counting, the crossing.
 
-Pure functions over NumPy/SciPy; nothing here knows about tasklift.
+Pure functions over NumPy (SciPy for the exact reference only, imported lazily so that job
+workers stay light); nothing here knows about tasklift.
 
 Model: one counting bin, n ~ Poisson(mu + b), b known, mu >= 0. Test statistic: the LHC
 one-sided q~_mu = -2 ln L(mu) / L(mu_hat) with mu_hat = n - b clipped to [0, mu] (q~ = 0 when
@@ -18,7 +19,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, stats
 
 __all__ = [
     "Crossing",
@@ -70,7 +70,9 @@ def _ge(q: np.ndarray, q_obs: float) -> np.ndarray:
 
 def cls_exact(mu: float, n_obs: int, b: float) -> float:
     """Return the Poisson-sum CLs: P(n <= n_obs | mu + b) / P(n <= n_obs | b)."""
-    return float(stats.poisson.cdf(n_obs, mu + b) / stats.poisson.cdf(n_obs, b))
+    from scipy.special import pdtr  # imported here: job workers need NumPy only
+
+    return float(pdtr(n_obs, mu + b) / pdtr(n_obs, b))
 
 
 def cls_exact_qtilde(mu: float, n_obs: int, b: float) -> float:
@@ -91,7 +93,9 @@ def upper_limit_exact(n_obs: int, b: float, cl: float = 0.95) -> float:
     hi = max(n_obs - b, 0.0) + 5.0
     while cls_exact(hi, n_obs, b) > alpha:
         hi *= 2.0
-    return float(optimize.brentq(lambda m: cls_exact(m, n_obs, b) - alpha, 0.0, hi, xtol=1e-12))
+    from scipy.optimize import brentq
+
+    return float(brentq(lambda m: cls_exact(m, n_obs, b) - alpha, 0.0, hi, xtol=1e-12))
 
 
 def _check_cl(cl: float) -> None:
@@ -103,7 +107,11 @@ def _check_cl(cl: float) -> None:
 
 
 def count_toys(
-    mu: float, n_obs: int, b: float, n_toys: int, rng_sb: np.random.Generator,
+    mu: float,
+    n_obs: int,
+    b: float,
+    n_toys: int,
+    rng_sb: np.random.Generator,
     rng_b: np.random.Generator,
 ) -> dict[str, int | float]:
     """Throw ``n_toys`` toys under s+b (mean mu + b) and under b, count those with q~ >= q_obs.
@@ -233,17 +241,15 @@ def bracket_crossing(points: list[ScanPoint], alpha: float) -> Crossing | None:
     )
 
 
-def fit_crossing(
-    points: list[ScanPoint], alpha: float, center: float, half_width: float
-) -> Crossing | None:
-    """Fit y = ln CLs = a + s (mu - m) by weighted least squares over |mu - center| <= half_width.
+def fit_crossing(points: list[ScanPoint], alpha: float) -> Crossing | None:
+    """Fit y = ln CLs = a + s (mu - m) by weighted least squares over the given points.
 
     Weights are 1 / var(y_i) from the binomial errors; m is the weighted mean of mu, so a and s
     are uncorrelated. The crossing mu* = m + (ln alpha - a) / s has, to first order,
-    sigma^2 = [var(a) + (mu* - m)^2 var(s)] / s^2. Returns None with fewer than two points in
-    the window or a slope that is not negative.
+    sigma^2 = [var(a) + (mu* - m)^2 var(s)] / s^2. Returns None with fewer than two points
+    (of defined, non-zero CLs) or a slope that is not negative.
     """
-    pts = [p for p in _defined(points) if p.cls > 0 and abs(p.mu - center) <= half_width]
+    pts = [p for p in _defined(points) if p.cls > 0]
     if len(pts) < 2:
         return None
     x = np.array([p.mu for p in pts])
@@ -277,16 +283,24 @@ def fit_crossing(
 def locate_crossing(points: list[ScanPoint], alpha: float, half_width: float) -> Crossing | None:
     """Return the best crossing estimate: a local fit if the scan allows one, else the bracket.
 
-    The fit window is centred on the bracket's estimate, then once more on the fit's own.
+    The fit uses the points within ``half_width`` of the bracket's estimate; while the fitted
+    crossing brings further points within ``half_width`` of itself, they join and the fit is
+    redone. The window only grows, so this ends, and no point is dropped back and forth.
     """
     crossing = bracket_crossing(points, alpha)
     if crossing is None:
         return None
-    for _ in range(2):
-        fit = fit_crossing(points, alpha, crossing.mu, half_width)
+    chosen: dict[float, ScanPoint] = {}
+    center = crossing.mu
+    while True:
+        near = {p.mu: p for p in points if abs(p.mu - center) <= half_width}
+        if near.keys() <= chosen.keys():
+            break
+        chosen.update(near)
+        fit = fit_crossing(list(chosen.values()), alpha)
         if fit is None:
             break
-        crossing = fit
+        crossing, center = fit, fit.mu
     return crossing
 
 

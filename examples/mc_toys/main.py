@@ -20,7 +20,7 @@ from typing import Any
 import cls as stats
 import numpy as np
 
-from tasklift import Workflow, work
+from tasklift import Workflow, work, workflow
 
 # Refinement places two points at mu* -+ DESIGN_OFFSET * precision (at most MAX_OFFSET) and
 # fits ln CLs over a window of FIT_WINDOW times that offset: wide enough that the slope is well
@@ -177,6 +177,7 @@ def next_plan(
 # --------------------------------------------------------------------------- the workflow
 
 
+@workflow
 def cls_limit(
     n_obs: int,
     background: float,
@@ -289,23 +290,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cl", type=float, default=0.95, help="confidence level (default: 0.95)")
     p.add_argument(
-        "--toys-per-job", type=int, default=50_000,
+        "--toys-per-job",
+        type=int,
+        default=50_000,
         help="toys per hypothesis thrown by one job (default: 50000)",
     )
     p.add_argument(
-        "--precision", type=float, default=0.01,
+        "--precision",
+        type=float,
+        default=0.01,
         help="stop when the limit's statistical uncertainty is below this (default: 0.01)",
     )
     p.add_argument("--seed", type=int, default=0, help="base seed of every batch (default: 0)")
-    p.add_argument(
-        "--max-iterations", type=int, default=12, help="iteration guard (default: 12)"
-    )
+    p.add_argument("--max-iterations", type=int, default=12, help="iteration guard (default: 12)")
     p.add_argument(
         "--grid-points", type=int, default=8, help="points of the first, coarse grid (default: 8)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument(
-        "--service", default=None,
+        "--service",
+        default=None,
         help="'local' (embedded engine) or the URL of a tasklift server (default: local)",
     )
     p.add_argument("--backend", default=None, help="where jobs run, e.g. local, dask, slurm")
@@ -327,13 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.grid_points < 2:
         parser.error("--grid-points must be >= 2")
 
-    options: dict[str, Any] = {}
-    if args.service is not None:
-        options["service"] = args.service
-    if args.backend is not None:
-        options["backend"] = args.backend
     t0 = time.perf_counter()
-    result = Workflow(func=cls_limit, name="mc_toys", **options).run(
+    result = Workflow(
+        func=cls_limit, name="mc_toys", service=args.service, backend=args.backend
+    ).run(
         n_obs=args.n_obs,
         background=args.background,
         cl=args.cl,
@@ -355,8 +356,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_summary(r: dict[str, Any]) -> None:
     print(
-        f"CLs upper limit at {100 * r['cl']:g}% CL, "
-        f"n_obs = {r['n_obs']}, b = {r['background']:g}"
+        f"CLs upper limit at {100 * r['cl']:g}% CL, n_obs = {r['n_obs']}, b = {r['background']:g}"
     )
     if r["upper_limit"] is None:
         print("  toys:  no CLs = 1 - CL crossing found")

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     """Largest source tree (uncompressed) that ``Workflow`` will pack."""
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
     """Worker processes of the ``local`` backend."""
+    archive_store: Path | None = None
+    """Where archives are kept (default ``<home>/archives``); extra engines on a server's
+    database point this at the server's store (a shared directory)."""
     job_python: str | None = None
     """Python interpreter of job runners (default: this one); set it when ``init_env`` starts
     a container whose Python lives elsewhere."""
@@ -59,6 +62,10 @@ class Settings(BaseSettings):
     """Result bus URL (``embedded://``, ``stomp://...``); default: embedded."""
     secret_key: SecretStr | None = None
     """Server key that signs job tokens; default: generated once into ``<home>/server.key``."""
+    engine_name: str | None = None
+    """Stable name of this engine among several on one database (default: host + home)."""
+    scan_interval: float = 1.0
+    """Seconds between a server engine's looks for works other engines created."""
     job_token_ttl: float = 24 * 3600.0
     """Seconds a job token stays valid."""
     max_archive_upload_mb: float = 256.0
@@ -112,7 +119,7 @@ class Settings(BaseSettings):
     @property
     def archive_dir(self) -> Path:
         """The content-addressed store of source archives (``<sha256>.tar.gz``)."""
-        return self.home / "archives"
+        return self.archive_store or self.home / "archives"
 
     @property
     def cache_dir(self) -> Path:

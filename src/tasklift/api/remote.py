@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,8 @@ __all__ = ["HttpService", "mask_token"]
 logger = logging.getLogger(__name__)
 
 LONG_POLL = 20.0
+RETRY_SECONDS = 120.0
+"""How long reads keep retrying while the server is away (a restart)."""
 _ERRORS: dict[int, type[TaskliftError]] = {
     401: AuthenticationError,
     403: PermissionDeniedError,
@@ -142,11 +145,30 @@ class HttpService:
 
     # ------------------------------------------------------------------ HTTP
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send a request; raise the tasklift error that matches a failure status."""
-        try:
-            response = self._client.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise ServiceError(f"cannot reach the tasklift server at {self.url}: {exc}") from exc
+        """Send a request; raise the tasklift error that matches a failure status.
+
+        Reads (GET, HEAD) ride out a server restart: they are retried with backoff for up to
+        ``RETRY_SECONDS`` on connection errors and 502/503/504, then fail with ServiceError.
+        """
+        retry = method in ("GET", "HEAD")
+        deadline = time.monotonic() + RETRY_SECONDS
+        delay = 0.2
+        while True:
+            try:
+                response = self._client.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if not retry or time.monotonic() >= deadline:
+                    raise ServiceError(
+                        f"cannot reach the tasklift server at {self.url}: {exc}"
+                    ) from exc
+                logger.warning("%s %s: %s; retrying in %.1f s", method, path, exc, delay)
+            else:
+                if not (retry and response.status_code in (502, 503, 504)) or (
+                    time.monotonic() >= deadline
+                ):
+                    break
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 
 # importing a command module registers its commands on the root group
-from tasklift.cli import local, remote, server, tokens
+from tasklift.cli import engine, local, remote, server, tokens
 from tasklift.cli.root import cli
 from tasklift.errors import TaskliftError
 
-__all__ = ["cli", "local", "main", "remote", "server", "tokens"]
+__all__ = ["cli", "engine", "local", "main", "remote", "server", "tokens"]
 
 
 def main(argv: list[str] | None = None) -> int:

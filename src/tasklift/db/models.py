@@ -114,6 +114,8 @@ class Job(Base):
     stderr: Mapped[str | None] = mapped_column(Text, nullable=True)
     metrics: Mapped[str | None] = mapped_column(Text, nullable=True)
     backend_handle: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """The engine that handed the job to its backend (engines never take each other's)."""
     reused_from: Mapped[int | None] = mapped_column(Integer, nullable=True)
     done_seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
     """Order in which the work's jobs became terminal (1, 2, ...): the results cursor."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
@@ -164,22 +165,36 @@ def mark_reused(conn: Connection, reused: Sequence[tuple[int, int, bytes]]) -> N
         )
 
 
-def mark_dispatched(
-    conn: Connection, dispatched: Sequence[tuple[int, int]], handles: Sequence[str]
-) -> None:
-    """Record that jobs were handed to a backend: ``(job id, attempt)`` with handles."""
+def claim_jobs(conn: Connection, job_ids: Sequence[int], engine_id: str) -> set[int]:
+    """Take pending jobs for one engine; return the ids it got (others took the rest).
+
+    Rows are locked with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite serializes writers),
+    and only ``pending`` rows change, so two engines never hand out the same job.
+    """
+    claimed: set[int] = set()
+    for batch in chunks(list(job_ids), 1000):
+        lockable = (
+            select(jobs.c.id)
+            .where(jobs.c.id.in_(batch), jobs.c.state == JobState.PENDING.value)
+            .with_for_update(skip_locked=True)
+        )
+        rows = conn.execute(
+            update(jobs)
+            .where(jobs.c.id.in_(lockable.scalar_subquery()))
+            .values(state=JobState.QUEUED.value, attempts=jobs.c.attempts + 1, claimed_by=engine_id)
+            .returning(jobs.c.id)
+        )
+        claimed.update(int(r[0]) for r in rows)
+    return claimed
+
+
+def set_handles(conn: Connection, job_ids: Sequence[int], handles: Sequence[str]) -> None:
+    """Record each job's backend handle (for the monitor and the web pages)."""
     conn.execute(
         update(jobs)
         .where(jobs.c.id == bindparam("_id"))
-        .values(
-            state=JobState.QUEUED.value,
-            attempts=bindparam("_attempt"),
-            backend_handle=bindparam("_handle"),
-        ),
-        [
-            {"_id": job_id, "_attempt": attempt, "_handle": handle}
-            for (job_id, attempt), handle in zip(dispatched, handles, strict=True)
-        ],
+        .values(backend_handle=bindparam("_handle")),
+        [{"_id": j, "_handle": h} for j, h in zip(job_ids, handles, strict=True)],
     )
 
 
@@ -244,17 +259,28 @@ def requeue_jobs(conn: Connection, requeued: Sequence[tuple[int, int]]) -> None:
         )
 
 
+@dataclass(frozen=True)
+class WorkCounts:
+    """A work's counters right after an update."""
+
+    n_jobs: int
+    n_finished: int
+    n_failed: int
+    n_cancelled: int
+    last_seq: int
+
+
 def bump_work_counters(
     conn: Connection, work_id: int, finished: int, failed: int, cancelled: int
-) -> int:
-    """Add to a work's terminal counters; return the new ``last_seq``.
+) -> WorkCounts:
+    """Add to a work's terminal counters; return them with the new ``last_seq``.
 
     ``last_seq`` grows by the number of jobs that just ended, and the row update serializes
-    concurrent writers, so ``last_seq - n + 1 .. last_seq`` numbers those jobs (``done_seq``)
-    without gaps or repeats, even across retries that lower the counters.
+    concurrent writers (engines), so ``last_seq - n + 1 .. last_seq`` numbers those jobs
+    (``done_seq``) without gaps or repeats, even across retries that lower the counters.
     """
     ended = finished + failed + cancelled
-    last = conn.execute(
+    row = conn.execute(
         update(works)
         .where(works.c.id == work_id)
         .values(
@@ -263,11 +289,17 @@ def bump_work_counters(
             n_cancelled=works.c.n_cancelled + cancelled,
             last_seq=works.c.last_seq + ended,
         )
-        .returning(works.c.last_seq)
-    ).scalar()
-    if last is None:
+        .returning(
+            works.c.n_jobs,
+            works.c.n_finished,
+            works.c.n_failed,
+            works.c.n_cancelled,
+            works.c.last_seq,
+        )
+    ).first()
+    if row is None:
         raise NotFoundError(f"work {work_id} does not exist")
-    return int(last)
+    return WorkCounts(*(int(v) for v in row))
 
 
 def reopen_failed_jobs(conn: Connection, work_id: int) -> list[tuple[int, int, bytes]]:
@@ -318,7 +350,7 @@ def cancel_open_jobs(conn: Connection, work_id: int, message: str) -> list[Resul
     ).all()
     if not open_rows:
         return []
-    total = bump_work_counters(conn, work_id, 0, 0, len(open_rows))
+    total = bump_work_counters(conn, work_id, 0, 0, len(open_rows)).last_seq
     first = total - len(open_rows) + 1
     now = time.time()
     conn.execute(

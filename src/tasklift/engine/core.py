@@ -6,6 +6,7 @@ It stores works and their jobs in bulk, hands jobs to backends in batches, recor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -95,6 +96,17 @@ class Engine:
         self._active: dict[int, tuple[int, int, bytes]] = {}  # job -> work, attempt, payload
         self._handles: dict[int, str] = {}
         self._closed = False
+        self._scanner: threading.Thread | None = None
+        self._stop = threading.Event()
+        home_tag = hashlib.sha256(str(settings.home).encode()).hexdigest()[:8]
+        self.engine_id = (
+            settings.engine_name
+            or (
+                f"{socket.gethostname()}:{home_tag}"
+                if resume
+                else f"{socket.gethostname()}:pid{os.getpid()}"
+            )[:64]
+        )
         self.job_token_issuer: Callable[[WorkSpec, JobSpec], str] | None = None
         """Set by the service: makes the job token of a remote workflow's runner job."""
         self.result_latency_observer: Callable[[float], None] | None = None
@@ -104,6 +116,10 @@ class Engine:
         self._recover_orphans()
         if resume:
             self._resume_running_works()
+            self._scanner = threading.Thread(
+                target=self._scan_loop, name="tasklift-engine-scan", daemon=True
+            )
+            self._scanner.start()
 
     # ------------------------------------------------------------------ backends
     def _default_backend(self, name: str) -> Backend:
@@ -218,7 +234,7 @@ class Engine:
                         reused.append((job_id, hit[0], hit[1]))
                 q.mark_reused(conn, reused)
                 if reused:
-                    q.bump_work_counters(conn, work_id, len(reused), 0, 0)
+                    q.bump_work_counters(conn, work_id, len(reused), 0, 0)  # done_seq 1..n
                     conn.execute(
                         q.works.update().where(q.works.c.id == work_id).values(n_reused=len(reused))
                     )
@@ -333,6 +349,15 @@ class Engine:
             batch = self._take(live, room)
             if not batch:
                 continue
+            with self.db.begin() as conn:
+                claimed = q.claim_jobs(conn, [j.job_id for j in batch], self.engine_id)
+            if len(claimed) < len(batch):  # another engine took some: they are not ours
+                for job in batch:
+                    if job.job_id not in claimed:
+                        live.idx_of.pop(job.job_id, None)
+                batch = [j for j in batch if j.job_id in claimed]
+                if not batch:
+                    continue
             if live.spec.kind == "workflow" and self.job_token_issuer is not None:
                 batch = [
                     JobSpec(j.job_id, j.attempt, j.payload, self.job_token_issuer(live.spec, j))
@@ -347,7 +372,7 @@ class Engine:
                 self._fail_unsubmitted(live, batch, exc)
                 continue
             with self.db.begin() as conn:
-                q.mark_dispatched(conn, [(j.job_id, j.attempt) for j in batch], handles)
+                q.set_handles(conn, [j.job_id for j in batch], handles)
             for job, handle in zip(batch, handles, strict=True):
                 self._active[job.job_id] = (live.spec.work_id, job.attempt, job.payload)
                 self._handles[job.job_id] = handle
@@ -452,10 +477,15 @@ class Engine:
                 live = self._live[work_id]
                 live.finished += finished
                 live.failed += failed
-                total = q.bump_work_counters(conn, work_id, finished, failed, 0)
-                next_seq[work_id] = total - finished - failed + 1
+                counts = q.bump_work_counters(conn, work_id, finished, failed, 0)
+                next_seq[work_id] = counts.last_seq - finished - failed + 1
+                # the stored counters decide: other engines may have ended jobs of this work
                 state = work_state(
-                    live.n_jobs, live.finished, live.failed, live.cancelled, live.min_success
+                    counts.n_jobs,
+                    counts.n_finished,
+                    counts.n_failed,
+                    counts.n_cancelled,
+                    live.min_success,
                 )
                 if state in WORK_TERMINAL:
                     q.set_work_status(conn, work_id, state.value, finished=True)
@@ -573,10 +603,15 @@ class Engine:
                 .all()
             )
             for row in rows:
-                # handed out before the restart but never reported: not the job's fault
+                # handed out by this engine before it restarted, never reported back: not the
+                # job's fault. Jobs other engines hold are theirs.
                 conn.execute(
                     q.jobs.update()
-                    .where(q.jobs.c.work_id == row["id"], q.jobs.c.state.in_(active))
+                    .where(
+                        q.jobs.c.work_id == row["id"],
+                        q.jobs.c.state.in_(active),
+                        q.jobs.c.claimed_by == self.engine_id,
+                    )
                     .values(state=JobState.PENDING.value, attempts=q.jobs.c.attempts - 1)
                 )
         for row in rows:
@@ -587,6 +622,40 @@ class Engine:
             logger.info("resumed work %s (id %d)", row["name"], row["id"])
         if rows:
             with self._lock:
+                self._dispatch()
+
+    def _scan_loop(self) -> None:
+        """Pick up running works that other engines (or servers) created; drop ended ones."""
+        while not self._stop.wait(self.settings.scan_interval):
+            try:
+                self._scan_once()
+            except Exception:  # keep scanning; the next round retries
+                logger.exception("engine %s: scanning for works failed", self.engine_id)
+
+    def _scan_once(self) -> None:
+        with self.db.connect() as conn:
+            running = {
+                int(r["id"]): dict(r)
+                for r in conn.execute(
+                    select(q.works).where(q.works.c.status == WorkState.RUNNING.value)
+                ).mappings()
+            }
+        with self._lock:
+            if self._closed:
+                return
+            for work_id in [w for w in self._live if w not in running]:
+                if not any(a[0] == work_id for a in self._active.values()):
+                    del self._live[work_id]  # ended elsewhere (another engine, a cancel)
+            added = False
+            for work_id, row in running.items():
+                live = self._live.get(work_id)
+                if live is None:
+                    live = self._live_from_row(row)
+                    self._live[work_id] = live
+                if live.page_after is None and not live.pending and not live.retries:
+                    live.page_after = -1  # look (again) for pending jobs in the DB
+                    added = True
+            if added:
                 self._dispatch()
 
     def _live_from_row(self, row: dict[str, Any]) -> _Live:
@@ -647,6 +716,7 @@ class Engine:
 
     def close(self) -> None:
         """Stop backends and release the database."""
+        self._stop.set()
         with self._lock:
             if self._closed:
                 return

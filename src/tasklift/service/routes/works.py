@@ -34,6 +34,7 @@ from tasklift.states import WORK_TERMINAL, WorkflowState
 router = APIRouter(prefix="/works", tags=["works"])
 
 MAX_WAIT = 30.0
+RECHECK = 0.5
 
 
 def work_public(row: dict[str, Any]) -> WorkPublic:
@@ -238,11 +239,17 @@ async def list_results(
             work_destination(work_id), lambda _m: loop.call_soon_threadsafe(arrived.set)
         )
         try:
+            deadline = loop.time() + wait
             records, work = await run_in_threadpool(fetch)  # closes the subscribe race
-            if not records:
+            while not records and loop.time() < deadline:
+                # woken by this process's bus; re-read now and then for results that another
+                # engine committed (it announces them on its own bus)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(arrived.wait(), wait)
+                    await asyncio.wait_for(arrived.wait(), min(RECHECK, deadline - loop.time()))
+                arrived.clear()
                 records, work = await run_in_threadpool(fetch)
+                if work["status"] in {s.value for s in WORK_TERMINAL}:
+                    break
         finally:
             sub.close()
     cursor = records[-1].done_seq if records else since

@@ -1,4 +1,4 @@
-"""results cursor: jobs.done_seq, works.last_seq
+"""results cursor (jobs.done_seq, works.last_seq) and job claims (jobs.claimed_by)
 
 Revision ID: 0003
 Revises: 0002
@@ -21,6 +21,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("last_seq", sa.Integer(), nullable=False, server_default="0"))
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("done_seq", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("claimed_by", sa.String(length=64), nullable=True))
         batch_op.create_index("ix_jobs_work_id_done_seq", ["work_id", "done_seq"], unique=False)
 
 
@@ -28,5 +29,6 @@ def downgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index("ix_jobs_work_id_done_seq")
         batch_op.drop_column("done_seq")
+        batch_op.drop_column("claimed_by")
     with op.batch_alter_table("works", schema=None) as batch_op:
         batch_op.drop_column("last_seq")
