@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -136,9 +137,15 @@ class HttpService:
         self.url = url.rstrip("/")
         self.settings = settings
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # TCP_NODELAY: httpx writes a POST's headers and body separately; with Nagle's
+        # algorithm and delayed ACKs each small request would wait ~40 ms
+        transport = httpx.HTTPTransport(
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+        )
         self._client = httpx.Client(
             base_url=self.url + "/api/v1",
             headers=headers,
+            transport=transport,
             timeout=httpx.Timeout(60.0, connect=10.0),
         )
         self.bus = _PollBus(self)
