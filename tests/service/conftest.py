@@ -31,10 +31,25 @@ def _pg_available() -> bool:
         return False
 
 
+def _start_pg() -> bool:
+    """Start this machine's PostgreSQL cluster when it is installed but stopped."""
+    versions = sorted(Path("/etc/postgresql").glob("*")) if Path("/etc/postgresql").exists() else []
+    if not versions:
+        return False
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1].name, "main",
+                    "start"], capture_output=True, timeout=60, check=False)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if _pg_available():
+            return True
+        time.sleep(0.5)
+    return False
+
+
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database, dropped afterwards (fails in CI when PG is down)."""
-    if not _pg_available():
+    if not _pg_available() and not _start_pg():
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL is not answering on 127.0.0.1:5432 (CI needs it)")
         pytest.skip("PostgreSQL is not answering on 127.0.0.1:5432")
