@@ -134,6 +134,17 @@ def run_job(fn: Callable[..., Any], work: WorkSpec, job: JobSpec) -> Outcome:
     started = time.time()
     try:
         call = serializer.loads(job.payload)
+        if work.when is not None and not _condition_holds(work, call):
+            return Outcome(
+                job.job_id,
+                job.attempt,
+                ok=False,
+                skipped=True,
+                error_type="Skipped",
+                error_message=f"when= condition on {work.when_arg!r} is false",
+                started_at=started,
+                finished_at=time.time(),
+            )
         value = fn(*call.get("args", ()), **call.get("kwargs", {}))
     except Exception as exc:  # noqa: BLE001 - the user's error becomes the job's outcome
         return Outcome(
@@ -162,6 +173,16 @@ def run_job(fn: Callable[..., Any], work: WorkSpec, job: JobSpec) -> Outcome:
     return Outcome(
         job.job_id, job.attempt, ok=True, result=data, started_at=started, finished_at=time.time()
     )
+
+
+def _condition_holds(work: WorkSpec, call: dict[str, Any]) -> bool:
+    """Apply the work's ``when=`` predicate to the upstream result in ``work.when_arg``."""
+    import cloudpickle
+
+    predicate = cloudpickle.loads(work.when)  # the user's own code, as for the function
+    arg = work.when_arg or ""
+    value = call["args"][int(arg[1:])] if arg.startswith("#") else call["kwargs"].get(arg)
+    return bool(predicate(value))
 
 
 def failure_outcome(job: JobSpec, exc: BaseException, *, retryable: bool = True) -> Outcome:

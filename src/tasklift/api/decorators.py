@@ -99,12 +99,15 @@ class WorkFunction:
             group = alias
         explicit = kwargs.pop("workflow", None)
         return_work = kwargs.pop("return_work", self.return_work)
+        when = kwargs.pop("when", None)
         run = _find_run(explicit)
         if run is None:
+            if when is not None:
+                raise SubmissionError("when= needs a running workflow (inputs from other works)")
             return self._call_in_process(args, kwargs, group)
         from tasklift.api.submit import submit_work
 
-        return submit_work(run, self, args, kwargs, group, return_work)
+        return submit_work(run, self, args, kwargs, group, return_work, when=when)
 
     def calls(
         self, args: Sequence[Any], kwargs: Mapping[str, Any], group: Any
@@ -204,8 +207,11 @@ class WorkflowFunction:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the workflow (or, inside a running one, just call the function)."""
-        if _context.current_workflow.get() is not None:
-            return self.func(*args, **kwargs)  # nested: part of the running workflow
+        parent = _context.current_workflow.get()
+        if parent is not None:  # a sub-workflow: its own row, nested under the running one
+            from tasklift.api.run import run_child
+
+            return run_child(parent, self.func, self.options, args, kwargs)
         from tasklift.api.run import Workflow
 
         return Workflow(func=self.func, **self.options).run(*args, **kwargs)

@@ -203,19 +203,19 @@ class HttpService:
     def create_workflow(self, **values: Any) -> int:
         """Register a workflow run on the server."""
         arguments = values.pop("arguments", None)
-        body = {
-            k: values.get(k)
-            for k in (
-                "name",
-                "function",
-                "source_dir",
-                "archive_sha",
-                "archive_size",
-                "init_env",
-                "backend",
-                "fresh",
-            )
-        }
+        keys = (
+            "name",
+            "function",
+            "source_dir",
+            "archive_sha",
+            "archive_size",
+            "init_env",
+            "backend",
+            "fresh",
+            "parent_id",
+        )
+        body = {k: values.get(k) for k in keys if values.get(k) is not None}
+        body["fresh"] = bool(values.get("fresh"))
         body["arguments"] = orjson.loads(arguments) if arguments else None
         return int(self.post("/workflows", body)["id"])
 
@@ -260,6 +260,7 @@ class HttpService:
         jobs: Sequence[tuple[str, bytes]],
         reuse: bool,
         on_stored: Callable[[WorkRecord], None] | None = None,
+        refs: Sequence[Sequence[Any]] | None = None,
     ) -> tuple[WorkSpec, WorkRecord]:
         """Create the work with all its jobs in one request."""
         from tasklift.engine.core import WorkRecord
@@ -278,7 +279,16 @@ class HttpService:
             "min_success": min_success,
             "map_results": bool(orjson.loads(options).get("map_results")),
             "reuse": reuse,
-            "jobs": [{"key": key, "payload": base64.b64encode(p).decode()} for key, p in jobs],
+            "jobs": [
+                {
+                    "key": key,
+                    "payload": base64.b64encode(p).decode(),
+                    **({"refs": [r.__dict__ for r in refs[i]]} if refs and refs[i] else {}),
+                }
+                for i, (key, p) in enumerate(jobs)
+            ],
+            "when": base64.b64encode(spec.when).decode() if spec.when else None,
+            "when_arg": spec.when_arg,
         }
         work = self.post("/works", body, timeout=600)
         record = WorkRecord(work_id=work["id"], n_jobs=work["n_jobs"], n_reused=work["n_reused"])

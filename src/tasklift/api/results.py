@@ -19,7 +19,7 @@ from tasklift.states import JobState, WorkState
 if TYPE_CHECKING:
     from tasklift.engine.core import Engine
 
-__all__ = ["AsyncResult", "MapResult", "Progress", "Work"]
+__all__ = ["AsyncResult", "MapResult", "Progress", "Work", "WorkRef"]
 
 REREAD_EVERY = 2.0
 """Seconds between safety re-reads of the DB while waiting (a missed message costs this)."""
@@ -196,6 +196,19 @@ class MapResult(Mapping[str, Any]):
         raise KeyError(f"no job with key {key[:12]} in this work")
 
 
+@dataclass(frozen=True)
+class WorkRef:
+    """A work's result(s) passed as an argument of another work (a data dependency)."""
+
+    work: Work
+    mode: str  # each | all | job
+    index: int | None
+
+    def __repr__(self) -> str:
+        what = f"job({self.index})" if self.mode == "job" else f"{self.mode}()"
+        return f"<{self.work.name}.{what}>"
+
+
 class Work:
     """A submitted work: N jobs of one ``@work`` function. Returned with ``return_work=True``."""
 
@@ -215,9 +228,11 @@ class Work:
         n_reused: int = 0,
         show_progress: bool = False,
         subscribed_before_dispatch: bool = False,
+        workflow_id: int | None = None,
     ) -> None:
         self.engine = engine
         self.work_id = work_id
+        self.workflow_id = workflow_id
         self.name = name
         self.keys = keys
         self.calls = calls
@@ -237,6 +252,23 @@ class Work:
 
     def __repr__(self) -> str:
         return f"<Work {self.name!r} id={self.work_id} jobs={len(self.keys)}>"
+
+    def each(self) -> WorkRef:
+        """As an argument of another work: its job i takes this work's job i's result."""
+        return WorkRef(self, "each", None)
+
+    def all(self) -> WorkRef:
+        """As an argument: the list of all this work's results, in submission order."""
+        return WorkRef(self, "all", None)
+
+    def job(self, index: int) -> WorkRef:
+        """As an argument: the result of this work's job ``index``."""
+        if not -len(self.keys) <= index < len(self.keys):
+            raise IndexError(f"work {self.name!r} has {len(self.keys)} jobs, no job {index}")
+        return WorkRef(self, "job", index % len(self.keys))
+
+    def __getitem__(self, index: int) -> WorkRef:
+        return self.job(index)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -335,10 +367,9 @@ class Work:
 
     @property
     def failures(self) -> list[JobFailure]:
-        """Jobs that ended without success so far, in submission order."""
-        return [
-            self._failure(r) for r in self._async.ordered() if r.state != JobState.FINISHED.value
-        ]
+        """Jobs that ended without success so far (skipped ones excluded), in order."""
+        done = (JobState.FINISHED.value, JobState.SKIPPED.value)
+        return [self._failure(r) for r in self._async.ordered() if r.state not in done]
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -357,8 +388,10 @@ class Work:
     def _check(self) -> list[ResultRecord]:
         records = self._async.ordered()
         succeeded = sum(r.state == JobState.FINISHED.value for r in records)
+        skipped = sum(r.state == JobState.SKIPPED.value for r in records)
+        # skipped jobs (a false when=) were meant not to run: not failures
         if len(records) == len(self.keys) and succeeded < needed_successes(
-            len(self.keys), self.min_success
+            len(self.keys) - skipped, self.min_success
         ):
             raise WorkFailed(self.name, self.failures, len(self.keys), succeeded, self.min_success)
         return records

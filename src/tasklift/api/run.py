@@ -157,6 +157,65 @@ def remote_workflow_call(
     return call
 
 
+def run_child(
+    parent: WorkflowRun,
+    func: Callable[..., Any],
+    options: dict[str, Any],
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+) -> Any:
+    """Run ``func`` as a child workflow of ``parent`` (same archive, so finished jobs of an
+    earlier identical run are reused), and store its result or error on its own row."""
+    engine = parent.engine
+    serializer = get_serializer("json")
+    try:
+        arguments = serializer.dumps({"args": list(args), "kwargs": kwargs})
+    except SerializationError:
+        arguments = None
+    name = options.get("name") or getattr(func, "__name__", "workflow")
+    workflow_id = engine.create_workflow(
+        name=name,
+        function=f"{func.__module__}:{func.__qualname__}",
+        parent_id=parent.workflow_id,
+        source_dir=str(parent.source_dir) if parent.source_dir else None,
+        archive_sha=parent.archive_sha,
+        init_env=options.get("init_env") or parent.init_env,
+        backend=options.get("backend") or parent.backend,
+        fresh=parent.fresh,
+        arguments=arguments,
+    )
+    child = WorkflowRun(
+        engine=engine,
+        workflow_id=workflow_id,
+        name=name,
+        source_dir=parent.source_dir,
+        archive_sha=parent.archive_sha,
+        archive_file=parent.archive_file,
+        init_env=options.get("init_env") or parent.init_env,
+        backend=options.get("backend") or parent.backend,
+        fresh=parent.fresh,
+        show_progress=parent.show_progress,
+    )
+    token = _context.current_workflow.set(child)
+    try:
+        result = func(*args, **kwargs)
+    except BaseException as exc:
+        engine.finish_workflow(
+            workflow_id, WorkflowState.FAILED, None, "".join(traceback.format_exception(exc))
+        )
+        raise
+    finally:
+        _context.current_workflow.reset(token)
+        for handle in child.works:
+            handle.close()
+    try:
+        stored = serializer.dumps(result)
+    except SerializationError:
+        stored = serializer.dumps({"__repr__": repr(result)})
+    engine.finish_workflow(workflow_id, WorkflowState.FINISHED, stored, None)
+    return result
+
+
 class WorkflowHandle:
     """A workflow known by id on a service: its status and, once it ended, its result."""
 

@@ -17,8 +17,11 @@ from tasklift.keys import canonical_json
 from tasklift.serializers import get_serializer
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from tasklift.api.run import WorkflowRun
     from tasklift.engine.core import WorkRecord
+    from tasklift.engine.dataflow import Ref
 
 __all__ = ["function_location", "submit_work"]
 
@@ -100,6 +103,126 @@ def _pickle_texts(calls: list[tuple[list[Any], dict[str, Any]]]) -> list[str]:
     ]
 
 
+REF = "__tasklift_ref__"
+
+
+def _is_ref(value: Any) -> bool:
+    from tasklift.api.results import Work, WorkRef
+
+    return isinstance(value, (Work, WorkRef))
+
+
+def _as_ref(value: Any) -> Any:
+    """A bare Work handle means its single result (one job) or all its results."""
+    from tasklift.api.results import Work, WorkRef
+
+    if isinstance(value, Work):
+        return WorkRef(value, "job", 0) if len(value.keys) == 1 else WorkRef(value, "all", None)
+    return value
+
+
+def _expand_each(
+    fn: WorkFunction, args: Sequence[Any], kwargs: Mapping[str, Any], group: Any
+) -> Any:
+    """``x=w.each()`` makes one job per job of ``w`` (paired with ``group_kwargs`` if given)."""
+    values = [*args, *kwargs.values()]
+    if group is not UNSET and isinstance(group, Sequence) and not isinstance(group, str):
+        for element in group:
+            if isinstance(element, Mapping):
+                values += list(element.values())
+            elif isinstance(element, (list, tuple)):
+                values += list(element)
+    lengths = {
+        len(_as_ref(v).work.keys) for v in values if _is_ref(v) and _as_ref(v).mode == "each"
+    }
+    if not lengths:
+        return group
+    if len(lengths) > 1:
+        raise SubmissionError(
+            f"work {fn.name!r}: each() inputs have different lengths {sorted(lengths)}; "
+            "job i pairs with job i of every input, so they must match"
+        )
+    n = lengths.pop()
+    if group is UNSET:
+        return [{} for _ in range(n)]
+    if len(group) != n:
+        raise SubmissionError(
+            f"work {fn.name!r}: group_kwargs has {len(group)} elements but the each() input "
+            f"has {n} jobs; they pair one to one"
+        )
+    return group
+
+
+def _split_refs(
+    fn: WorkFunction, run: WorkflowRun, calls: list[tuple[list[Any], dict[str, Any]]]
+) -> tuple[list[Any], list[Any], list[list[Ref]] | None]:
+    """Replace inputs from other works by placeholders (payload) and upstream keys (job key)."""
+    from tasklift.engine.dataflow import Ref
+
+    payload_calls: list[tuple[list[Any], dict[str, Any]]] = []
+    key_calls: list[tuple[list[Any], dict[str, Any]]] = []
+    refs: list[list[Ref]] = []
+    found = False
+    for i, (args, kwargs) in enumerate(calls):
+        job_refs: list[Ref] = []
+        p_args, k_args = list(args), list(args)
+        p_kwargs, k_kwargs = dict(kwargs), dict(kwargs)
+        named = [(f"#{j}", v) for j, v in enumerate(args)] + list(kwargs.items())
+        for arg, value in named:
+            if not _is_ref(value):
+                continue
+            found = True
+            ref = _as_ref(value)
+            upstream = ref.work
+            if upstream.workflow_id is not None and upstream.workflow_id != run.workflow_id:
+                raise SubmissionError(
+                    f"work {fn.name!r}: input {arg!r} comes from work {upstream.name!r} of "
+                    "another workflow; inputs must come from works of the running workflow"
+                )
+            idx = i if ref.mode == "each" else ref.index
+            upstream_key = (
+                upstream.keys[idx]
+                if idx is not None
+                else hashlib.sha256("".join(upstream.keys).encode()).hexdigest()
+            )
+            job_refs.append(Ref(arg, upstream.work_id, idx, ref.mode))
+            if arg.startswith("#"):
+                p_args[int(arg[1:])] = {REF: True}
+                k_args[int(arg[1:])] = {REF: upstream_key}
+            else:
+                p_kwargs[arg] = {REF: True}
+                k_kwargs[arg] = {REF: upstream_key}
+        payload_calls.append((p_args, p_kwargs))
+        key_calls.append((k_args, k_kwargs))
+        refs.append(job_refs)
+    if not found:
+        return calls, calls, None
+    if fn.serializer != "json":
+        raise SubmissionError(
+            f"work {fn.name!r}: inputs from other works need serializer='json' (the engine "
+            "fills them in from stored results)"
+        )
+    return payload_calls, key_calls, refs
+
+
+def _when(
+    fn: WorkFunction, when: Callable[[Any], bool] | None, refs: list[list[Ref]] | None
+) -> tuple[bytes | None, str | None]:
+    if when is None:
+        return None, None
+    if not callable(when):
+        raise SubmissionError(f"work {fn.name!r}: when= must be a function of an input")
+    if not refs or not any(refs):
+        raise SubmissionError(
+            f"work {fn.name!r}: when= tests an input from another work; pass one "
+            "(e.g. x=upstream.each())"
+        )
+    first = next((r for r in refs[0] if r.mode != "all"), refs[0][0])
+    import cloudpickle
+
+    return cloudpickle.dumps(when), first.arg
+
+
 def submit_work(
     run: WorkflowRun,
     fn: WorkFunction,
@@ -107,12 +230,16 @@ def submit_work(
     kwargs: Mapping[str, Any],
     group: Any,
     return_work: bool,
+    when: Callable[[Any], bool] | None = None,
 ) -> Any:
     """Store one work with all its jobs, then return a handle or wait for the results."""
+    group = _expand_each(fn, args, kwargs, group)
     calls = fn.calls(args, kwargs, group)
     if not calls:
         raise SubmissionError(f"work {fn.name!r}: group_kwargs is empty; nothing to run")
-    texts = _check_json(calls) if fn.serializer == "json" else _pickle_texts(calls)
+    calls, key_calls, refs = _split_refs(fn, run, calls)
+    when_bytes, when_arg = _when(fn, when, refs)
+    texts = _check_json(key_calls) if fn.serializer == "json" else _pickle_texts(key_calls)
     keys = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
     if len(set(keys)) != len(keys):
         seen: dict[str, int] = {}
@@ -148,6 +275,8 @@ def submit_work(
         init_env=init_env,
         backend=backend,
         resources=fn.resources,
+        when=when_bytes,
+        when_arg=when_arg,
     )
     memo_key = hashlib.sha256(
         f"{run.archive_sha}|{function}|{script}|{fn.serializer}".encode()
@@ -162,6 +291,7 @@ def submit_work(
             "init_env": init_env,
             "min_success": fn.min_success,
             "serializer": fn.serializer,
+            "when_arg": when_arg,
         }
     )
     handles: list[Work] = []
@@ -182,6 +312,7 @@ def submit_work(
                 n_reused=record.n_reused,
                 show_progress=run.show_progress,
                 subscribed_before_dispatch=True,
+                workflow_id=run.workflow_id,
             )
         )
 
@@ -194,6 +325,7 @@ def submit_work(
         jobs=list(zip(keys, payloads, strict=True)),
         reuse=not run.fresh,
         on_stored=on_stored,
+        refs=refs,
     )
     [handle] = handles
     run.works.append(handle)

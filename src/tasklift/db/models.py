@@ -18,7 +18,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["ApiToken", "Archive", "Base", "Job", "JobAttempt", "Work", "Workflow"]
+__all__ = [
+    "ApiToken",
+    "Archive",
+    "Base",
+    "Job",
+    "JobAttempt",
+    "JobDep",
+    "Work",
+    "WorkEdge",
+    "Workflow",
+]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -86,6 +96,10 @@ class Work(Base):
     n_failed: Mapped[int] = mapped_column(Integer, default=0)
     n_cancelled: Mapped[int] = mapped_column(Integer, default=0)
     n_reused: Mapped[int] = mapped_column(Integer, default=0)
+    n_skipped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Jobs not run because their ``when=`` condition (or an upstream's) was false."""
+    when_predicate: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    """``when=`` predicate (cloudpickle), evaluated by the job runner on the upstream result."""
     last_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """The highest ``done_seq`` given to a job of this work (only ever grows)."""
     created_at: Mapped[float] = mapped_column(Float)
@@ -114,6 +128,8 @@ class Job(Base):
     stderr: Mapped[str | None] = mapped_column(Text, nullable=True)
     metrics: Mapped[str | None] = mapped_column(Text, nullable=True)
     backend_handle: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    n_waiting: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Upstream jobs this job still waits for (data-flow); dispatched only at 0."""
     claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     """The engine that handed the job to its backend (engines never take each other's)."""
     reused_from: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -172,3 +188,29 @@ class ApiToken(Base):
     expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class JobDep(Base):
+    """Job ``job_id`` takes the result of ``upstream_job_id`` as its argument ``arg``."""
+
+    __tablename__ = "job_deps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    upstream_job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    arg: Mapped[str] = mapped_column(String(200))
+    mode: Mapped[str] = mapped_column(String(10))
+    """``one`` (the upstream result itself) or ``all`` (one element of a list, by idx)."""
+
+
+class WorkEdge(Base):
+    """A data dependency between two works of a workflow (the DAG the monitor draws)."""
+
+    __tablename__ = "work_edges"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    work_id: Mapped[int] = mapped_column(ForeignKey("works.id"), index=True)
+    upstream_work_id: Mapped[int] = mapped_column(ForeignKey("works.id"), index=True)
+    arg: Mapped[str] = mapped_column(String(200))
+    mode: Mapped[str] = mapped_column(String(10))
+    """``each`` (job i <- job i), ``all`` (every job <- all upstream jobs), ``job`` (one)."""

@@ -268,10 +268,11 @@ class WorkCounts:
     n_failed: int
     n_cancelled: int
     last_seq: int
+    n_skipped: int = 0
 
 
 def bump_work_counters(
-    conn: Connection, work_id: int, finished: int, failed: int, cancelled: int
+    conn: Connection, work_id: int, finished: int, failed: int, cancelled: int, skipped: int = 0
 ) -> WorkCounts:
     """Add to a work's terminal counters; return them with the new ``last_seq``.
 
@@ -279,7 +280,7 @@ def bump_work_counters(
     concurrent writers (engines), so ``last_seq - n + 1 .. last_seq`` numbers those jobs
     (``done_seq``) without gaps or repeats, even across retries that lower the counters.
     """
-    ended = finished + failed + cancelled
+    ended = finished + failed + cancelled + skipped
     row = conn.execute(
         update(works)
         .where(works.c.id == work_id)
@@ -287,6 +288,7 @@ def bump_work_counters(
             n_finished=works.c.n_finished + finished,
             n_failed=works.c.n_failed + failed,
             n_cancelled=works.c.n_cancelled + cancelled,
+            n_skipped=works.c.n_skipped + skipped,
             last_seq=works.c.last_seq + ended,
         )
         .returning(
@@ -295,6 +297,7 @@ def bump_work_counters(
             works.c.n_failed,
             works.c.n_cancelled,
             works.c.last_seq,
+            works.c.n_skipped,
         )
     ).first()
     if row is None:
@@ -418,6 +421,7 @@ def pending_jobs(
             jobs.c.work_id == work_id,
             jobs.c.idx > after_idx,
             jobs.c.state == JobState.PENDING.value,
+            jobs.c.n_waiting == 0,
         )
         .order_by(jobs.c.idx)
         .limit(limit)

@@ -28,6 +28,7 @@ from tasklift.bus.base import Bus, work_destination
 from tasklift.bus.embedded import EmbeddedBus
 from tasklift.db import queries as q
 from tasklift.db.session import create_db_engine, upgrade
+from tasklift.engine import dataflow
 from tasklift.engine.specs import JobSpec, Outcome, WorkSpec
 from tasklift.engine.state import decide, work_state
 from tasklift.errors import BackendError, ConfigError, NotFoundError
@@ -66,6 +67,7 @@ class _Live:
     retries: deque[JobSpec] = field(default_factory=deque)
     page_after: int | None = None  # next DB page starts after this idx (large works)
     idx_of: dict[int, int] = field(default_factory=dict)
+    has_refs: bool = False  # inputs come from upstream jobs: fill them in at dispatch
 
     def has_pending(self) -> bool:
         return bool(self.retries or self.pending or self.page_after is not None)
@@ -96,6 +98,7 @@ class Engine:
         self._active: dict[int, tuple[int, int, bytes]] = {}  # job -> work, attempt, payload
         self._handles: dict[int, str] = {}
         self._closed = False
+        self._upstream_works: set[int] = set()  # works that other works take inputs from
         self._scanner: threading.Thread | None = None
         self._stop = threading.Event()
         home_tag = hashlib.sha256(str(settings.home).encode()).hexdigest()[:8]
@@ -177,8 +180,12 @@ class Engine:
         jobs: Sequence[tuple[str, bytes]],
         reuse: bool,
         on_stored: Callable[[WorkRecord], None] | None = None,
+        refs: Sequence[Sequence[dataflow.Ref]] | None = None,
     ) -> tuple[WorkSpec, WorkRecord]:
         """Store a work with all its jobs in one transaction and queue them.
+
+        ``refs`` (one list per job) make jobs wait for upstream jobs and take their results
+        as inputs (data-flow); such a job is dispatched as soon as its own inputs are ready.
 
         Finished jobs of earlier works with the same ``memo_key`` and key are reused (their
         result copied, nothing runs) when ``reuse`` is true.
@@ -187,17 +194,34 @@ class Engine:
             try:
                 with self._submit_lock:
                     stored = self._store_work(
-                        workflow_id, spec, memo_key, options, min_success, jobs, reuse
+                        workflow_id, spec, memo_key, options, min_success, jobs, reuse, refs
                     )
                 break
             except IntegrityError:
                 # another engine took the same sequence number: read it again
                 if attempt == 4:
                     raise
-        work_id, job_ids, reused, status = stored
-        return self._queue_work(
-            spec, workflow_id, work_id, job_ids, jobs, reused, status, min_success, on_stored
+        work_id, job_ids, reused, status, not_ready, ended = stored
+        if refs:
+            with self._lock:
+                self._upstream_works.update(r.work_id for job_refs in refs for r in job_refs)
+        for_bus = [r for r in ended]
+        result = self._queue_work(
+            spec,
+            workflow_id,
+            work_id,
+            job_ids,
+            jobs,
+            reused,
+            status,
+            min_success,
+            on_stored,
+            not_ready,
+            has_refs=bool(refs),
         )
+        if for_bus:
+            self.bus.publish(work_destination(work_id), for_bus)
+        return result
 
     def _store_work(
         self,
@@ -208,7 +232,10 @@ class Engine:
         min_success: float,
         jobs: Sequence[tuple[str, bytes]],
         reuse: bool,
-    ) -> tuple[int, list[int], list[tuple[int, int, bytes]], WorkState]:
+        refs: Sequence[Sequence[dataflow.Ref]] | None,
+    ) -> tuple[
+        int, list[int], list[tuple[int, int, bytes]], WorkState, set[int], list[q.ResultRecord]
+    ]:
         with self.db.begin() as conn:
             seq = q.next_work_seq(conn, workflow_id)
             work_id = q.insert_work(
@@ -223,8 +250,14 @@ class Engine:
                 status=WorkState.RUNNING.value,
                 options=options,
                 n_jobs=len(jobs),
+                when_predicate=spec.when,
             )
             job_ids = q.insert_jobs(conn, work_id, jobs)
+            not_ready: set[int] = set()
+            ended: list[q.ResultRecord] = []
+            if refs:
+                waiting, blocked = dataflow.register(conn, workflow_id, work_id, job_ids, refs)
+                not_ready = set(waiting) | set(blocked)
             reused: list[tuple[int, int, bytes]] = []
             if reuse:
                 memo = q.find_memo(conn, memo_key, [key for key, _ in jobs])
@@ -238,10 +271,25 @@ class Engine:
                     conn.execute(
                         q.works.update().where(q.works.c.id == work_id).values(n_reused=len(reused))
                     )
-            status = work_state(len(jobs), len(reused), 0, 0, min_success)
+            if refs and blocked:
+                reused_ids = {r[0] for r in reused}
+                idx_of = {job_id: i for i, job_id in enumerate(job_ids)}
+                doomed = [
+                    (job_id, idx_of[job_id], 0, state, message)
+                    for job_id, (state, message) in blocked.items()
+                    if job_id not in reused_ids
+                ]
+                if doomed:
+                    ended, _ = dataflow.end_jobs(conn, work_id, doomed)
+            counts = conn.execute(
+                select(q.works.c.n_finished, q.works.c.n_failed, q.works.c.n_skipped).where(
+                    q.works.c.id == work_id
+                )
+            ).one()
+            status = work_state(len(jobs), counts[0], counts[1], 0, min_success, counts[2])
             if status in WORK_TERMINAL:
                 q.set_work_status(conn, work_id, status.value, finished=True)
-        return work_id, job_ids, reused, status
+        return work_id, job_ids, reused, status, not_ready, ended
 
     def _queue_work(
         self,
@@ -254,10 +302,13 @@ class Engine:
         status: WorkState,
         min_success: float,
         on_stored: Callable[[WorkRecord], None] | None,
+        not_ready: set[int],
+        has_refs: bool,
     ) -> tuple[WorkSpec, WorkRecord]:
         spec = WorkSpec(**{**spec.__dict__, "work_id": work_id, "workflow_id": workflow_id})
         live = _Live(spec=spec, n_jobs=len(jobs), min_success=min_success, finished=len(reused))
-        reused_ids = {r[0] for r in reused}
+        live.has_refs = has_refs
+        reused_ids = {r[0] for r in reused} | not_ready
         if len(jobs) <= IN_MEMORY_JOBS:
             for idx, (job_id, (_, payload)) in enumerate(zip(job_ids, jobs, strict=True)):
                 if job_id not in reused_ids:
@@ -308,8 +359,14 @@ class Engine:
             for job_id, (w, _, _) in list(self._active.items()):
                 if w == work_id:
                     del self._active[job_id]
+            cascaded: list[tuple[int, q.ResultRecord]] = []
             with self.db.begin() as conn:
                 cancelled = q.cancel_open_jobs(conn, work_id, message)
+                if cancelled and work_id in self._upstream_works:
+                    cascaded, _ = dataflow.cascade(
+                        conn,
+                        {r.job_id: (JobState.CANCELLED.value, message) for r in cancelled},
+                    )
                 row = conn.execute(
                     select(
                         q.works.c.n_jobs,
@@ -332,6 +389,8 @@ class Engine:
                 except BackendError:
                     logger.exception("backend could not cancel jobs of work %d", work_id)
         self.bus.publish(work_destination(work_id), cancelled)
+        for other, record in cascaded:
+            self.bus.publish(work_destination(other), [record])
         return len(cancelled)
 
     # ------------------------------------------------------------------ dispatch
@@ -339,7 +398,13 @@ class Engine:
         """Hand pending jobs to backends while they have room (call with the lock held)."""
         if self._closed:
             return
-        for live in list(self._live.values()):
+        lives = list(self._live.values())
+        # jobs that take inputs from other jobs go first (newest chain stage first): a chain
+        # then finishes job by job instead of stage by stage (job-level pipelining)
+        order = [lv for lv in reversed(lives) if lv.has_refs] + [
+            lv for lv in lives if not lv.has_refs
+        ]
+        for live in order:
             if not live.has_pending():
                 continue
             backend = self.backend(live.spec.backend)
@@ -351,6 +416,10 @@ class Engine:
                 continue
             with self.db.begin() as conn:
                 claimed = q.claim_jobs(conn, [j.job_id for j in batch], self.engine_id)
+                if live.has_refs:
+                    batch = dataflow.resolve_payloads(
+                        conn, [j for j in batch if j.job_id in claimed]
+                    )
             if len(claimed) < len(batch):  # another engine took some: they are not ours
                 for job in batch:
                     if job.job_id not in claimed:
@@ -464,8 +533,9 @@ class Engine:
                 retried.append((live, JobSpec(outcome.job_id, attempt + 1, payload)))
                 continue
             terminal_rows.append(row)
-            counts = per_work.setdefault(work_id, [0, 0])
-            counts[0 if decision.state == JobState.FINISHED else 1] += 1
+            counts = per_work.setdefault(work_id, [0, 0, 0])
+            slot = {JobState.FINISHED: 0, JobState.SKIPPED: 2}.get(decision.state, 1)
+            counts[slot] += 1
             row["_idx"] = live.idx_of.pop(outcome.job_id, -1)
             row["_work"] = work_id
         if not terminal_rows and not retry_rows:
@@ -473,12 +543,12 @@ class Engine:
         done_works: list[int] = []
         with self.db.begin() as conn:
             next_seq: dict[int, int] = {}
-            for work_id, (finished, failed) in per_work.items():
+            for work_id, (finished, failed, skipped) in per_work.items():
                 live = self._live[work_id]
                 live.finished += finished
                 live.failed += failed
-                counts = q.bump_work_counters(conn, work_id, finished, failed, 0)
-                next_seq[work_id] = counts.last_seq - finished - failed + 1
+                counts = q.bump_work_counters(conn, work_id, finished, failed, 0, skipped)
+                next_seq[work_id] = counts.last_seq - finished - failed - skipped + 1
                 # the stored counters decide: other engines may have ended jobs of this work
                 state = work_state(
                     counts.n_jobs,
@@ -486,6 +556,7 @@ class Engine:
                     counts.n_failed,
                     counts.n_cancelled,
                     live.min_success,
+                    counts.n_skipped,
                 )
                 if state in WORK_TERMINAL:
                     q.set_work_status(conn, work_id, state.value, finished=True)
@@ -507,6 +578,11 @@ class Engine:
                         row["_result"] if ok else None,
                         None if ok else error,
                     )
+            flowing = [row for row in terminal_rows if row["_work"] in self._upstream_works]
+            if flowing:
+                cascaded = self._flow_locked(conn, flowing)
+                for work_id, record in cascaded:
+                    publish.setdefault(work_destination(work_id), []).append(record)
         if self.result_latency_observer is not None:
             now = time.time()
             for row in terminal_rows:
@@ -537,6 +613,31 @@ class Engine:
         for work_id in done_works:
             self._live.pop(work_id, None)
         return publish
+
+    def _flow_locked(
+        self, conn: Any, rows: list[dict[str, Any]]
+    ) -> list[tuple[int, q.ResultRecord]]:
+        """Release dependents of finished jobs; end dependents of failed or skipped ones."""
+        finished = [r["_id"] for r in rows if r["_state"] == JobState.FINISHED.value]
+        broken = {
+            r["_id"]: (r["_state"], f"{r['_error_type']}: {r['_error_message']}")
+            for r in rows
+            if r["_state"] != JobState.FINISHED.value
+        }
+        if finished:
+            for work_id, job_id, idx, payload in dataflow.release(conn, finished):
+                live = self._live.get(work_id)
+                if live is None:
+                    continue  # an engine that knows the work picks it up (scan)
+                live.pending.append(JobSpec(job_id, 1, payload))
+                live.idx_of[job_id] = idx
+        cascaded: list[tuple[int, q.ResultRecord]] = []
+        if broken:
+            cascaded, states = dataflow.cascade(conn, broken)
+            for work_id, state in states.items():
+                if state in WORK_TERMINAL:
+                    self._live.pop(work_id, None)
+        return cascaded
 
     def requeue(self, jobs: list[tuple[int, int]]) -> None:
         """Put jobs a backend gave back into the queue, without charging an attempt."""
@@ -679,8 +780,27 @@ class Engine:
             kind=options.get("kind", "work"),
             workflow_id=row["workflow_id"],
             service_url=options.get("service_url"),
+            when=row.get("when_predicate"),
+            when_arg=options.get("when_arg"),
         )
-        return _Live(
+        with self.db.connect() as conn:
+            upstream = (
+                conn.execute(
+                    select(dataflow.edges.c.upstream_work_id).where(
+                        dataflow.edges.c.work_id == row["id"]
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            has_dependents = conn.execute(
+                select(dataflow.edges.c.id)
+                .where(dataflow.edges.c.upstream_work_id == row["id"])
+                .limit(1)
+            ).first()
+        if has_dependents is not None:
+            self._upstream_works.add(int(row["id"]))
+        live = _Live(
             spec=spec,
             n_jobs=row["n_jobs"],
             min_success=options.get("min_success", 1.0),
@@ -688,12 +808,25 @@ class Engine:
             failed=row["n_failed"],
             cancelled=row["n_cancelled"],
         )
+        live.has_refs = bool(upstream)
+        return live
 
     def retry_failed(self, work_id: int) -> int:
         """Run a work's failed jobs again (fresh attempts); return how many."""
         with self._lock:
             with self.db.begin() as conn:
                 reopened = q.reopen_failed_jobs(conn, work_id)
+                downstream = dataflow.reopen_downstream(conn, [r[0] for r in reopened])
+            for other in downstream:  # their jobs wait for the retried ones, then run
+                if other not in self._live:
+                    with self.db.connect() as conn:
+                        other_row = (
+                            conn.execute(select(q.works).where(q.works.c.id == other))
+                            .mappings()
+                            .one()
+                        )
+                    self._live[other] = self._live_from_row(dict(other_row))
+            with self.db.connect() as conn:
                 row = (
                     conn.execute(select(q.works).where(q.works.c.id == work_id)).mappings().first()
                 )

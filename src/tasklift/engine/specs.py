@@ -30,6 +30,8 @@ class WorkSpec:
         kind: ``work``, or ``workflow`` for the one job that runs a remote workflow's function.
         workflow_id: the workflow the work belongs to.
         service_url: where a ``workflow`` job's runner submits its works.
+        when: cloudpickled predicate; the runner skips a job whose ``when_arg`` fails it.
+        when_arg: the argument (an upstream result) the predicate is applied to.
     """
 
     work_id: int
@@ -48,6 +50,8 @@ class WorkSpec:
     kind: str = "work"
     workflow_id: int = 0
     service_url: str | None = None
+    when: bytes | None = None
+    when_arg: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ class Outcome:
         error_message: one-line description.
         traceback: formatted traceback, when there is one.
         retryable: ``False`` when running again cannot help (e.g. unserializable result).
+        skipped: the work's ``when=`` condition was false: the function did not run.
         started_at: epoch seconds the attempt started.
         finished_at: epoch seconds it ended.
         stdout: captured standard output (head and tail kept).
@@ -94,6 +99,7 @@ class Outcome:
     error_message: str | None = None
     traceback: str | None = None
     retryable: bool = True
+    skipped: bool = False
     started_at: float | None = None
     finished_at: float | None = None
     stdout: str | None = None

@@ -27,6 +27,8 @@ def decide(outcome: Outcome, attempts: int, retries: int) -> Decision:
     """
     if outcome.ok:
         return Decision(JobState.FINISHED, retry=False)
+    if outcome.skipped:
+        return Decision(JobState.SKIPPED, retry=False)
     if outcome.retryable and attempts <= retries:
         return Decision(JobState.PENDING, retry=True)
     return Decision(JobState.FAILED, retry=False)
@@ -38,12 +40,21 @@ def needed_successes(n_jobs: int, min_success: float) -> int:
 
 
 def work_state(
-    n_jobs: int, n_finished: int, n_failed: int, n_cancelled: int, min_success: float
+    n_jobs: int,
+    n_finished: int,
+    n_failed: int,
+    n_cancelled: int,
+    min_success: float,
+    n_skipped: int = 0,
 ) -> WorkState:
-    """Return the work's state from its counters (``RUNNING`` until every job is terminal)."""
-    if n_finished + n_failed + n_cancelled < n_jobs:
+    """Return the work's state from its counters (``RUNNING`` until every job is terminal).
+
+    Skipped jobs (a false ``when=``) were meant not to run: they leave the denominator of
+    ``min_success``. Jobs that never ran because an input failed count as failed.
+    """
+    if n_finished + n_failed + n_cancelled + n_skipped < n_jobs:
         return WorkState.RUNNING
-    if n_finished >= needed_successes(n_jobs, min_success):
+    if n_finished >= needed_successes(n_jobs - n_skipped, min_success):
         return WorkState.FINISHED
     if n_cancelled and n_failed == 0:
         return WorkState.CANCELLED

@@ -7,10 +7,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "DagPublic",
+    "EdgePublic",
     "JobIn",
     "JobPublic",
     "JobsPublic",
     "LogsPublic",
+    "RefIn",
     "ResultPublic",
     "ResultsPage",
     "WorkCreate",
@@ -41,6 +44,8 @@ class WorkflowCreate(_Body):
     backend: str = Field(default="local", min_length=1, max_length=200)
     fresh: bool = False
     arguments: Any = None
+    parent_id: int | None = Field(default=None, ge=1, le=2_147_483_647)
+    """The workflow this one runs inside (a sub-workflow)."""
     remote: bool = False
     """Run the workflow function itself as a job here (``arguments``: ``{args, kwargs}``)."""
     script: str | None = Field(default=None, max_length=4096)
@@ -87,11 +92,21 @@ class WorkflowsPublic(BaseModel):
     count: int
 
 
+class RefIn(_Body):
+    """An input of a job taken from another work's job(s) (data-flow)."""
+
+    arg: str = Field(min_length=1, max_length=200)
+    work_id: int = Field(ge=1, le=2_147_483_647)
+    idx: int | None = Field(default=None, ge=0, le=2_147_483_647)
+    mode: Literal["each", "job", "all"]
+
+
 class JobIn(_Body):
     """One job of a new work: its key and serialized ``{"args", "kwargs"}`` (base64)."""
 
     key: str = Field(pattern=SHA256)
     payload: str = Field(max_length=16 * 1024 * 1024)
+    refs: list[RefIn] = Field(default_factory=list, max_length=1000)
 
 
 class WorkCreate(_Body):
@@ -110,6 +125,9 @@ class WorkCreate(_Body):
     min_success: float = Field(default=1.0, ge=0.0, le=1.0)
     map_results: bool = False
     reuse: bool = True
+    when: str | None = Field(default=None, max_length=1024 * 1024)
+    """``when=`` predicate, cloudpickled, base64 (applied by the job runner)."""
+    when_arg: str | None = Field(default=None, max_length=200)
     jobs: list[JobIn] = Field(min_length=1, max_length=2_000_000)
 
 
@@ -130,8 +148,26 @@ class WorkPublic(BaseModel):
     n_failed: int
     n_cancelled: int
     n_reused: int
+    n_skipped: int = 0
     created_at: float
     finished_at: float | None
+
+
+class EdgePublic(BaseModel):
+    """A data dependency: ``work_id`` takes ``arg`` from ``upstream_work_id`` (mode)."""
+
+    work_id: int
+    upstream_work_id: int
+    arg: str
+    mode: str
+
+
+class DagPublic(BaseModel):
+    """A workflow's works and the edges between them (data-flow and submission order)."""
+
+    works: list[WorkPublic]
+    edges: list[EdgePublic]
+    children: list[int]
 
 
 class WorksPublic(BaseModel):

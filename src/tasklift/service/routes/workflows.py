@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,11 +14,13 @@ from sqlalchemy import desc, func, select
 
 from tasklift.db import queries as q
 from tasklift.engine.specs import WorkSpec
-from tasklift.errors import ConflictError, SubmissionError
+from tasklift.errors import ConflictError, PermissionDeniedError, SubmissionError
 from tasklift.service.access import visible_workflow
 from tasklift.service.deps import MAX_ID, EngineDep, IdPath, PrincipalDep, UserDep
 from tasklift.service.routes.works import work_public
 from tasklift.service.schemas import (
+    DagPublic,
+    EdgePublic,
     WorkflowCreate,
     WorkflowFinish,
     WorkflowPublic,
@@ -89,12 +92,21 @@ def workflow_public(row: dict[str, Any], totals: dict[str, Any] | None = None) -
 
 @router.post("", status_code=201)
 def create_workflow(
-    body: WorkflowCreate, request: Request, engine: EngineDep, user: UserDep
+    body: WorkflowCreate, request: Request, engine: EngineDep, user: PrincipalDep
 ) -> WorkflowPublic:
-    """Register a workflow run owned by the caller (and start it here when ``remote``)."""
+    """Register a workflow run owned by the caller (and start it here when ``remote``).
+
+    A remote workflow's job token may create sub-workflows of its own workflow only.
+    """
+    if user.kind == "job" and (body.parent_id is None or body.parent_id != user.workflow_id):
+        raise PermissionDeniedError("a job token can only create sub-workflows of its workflow")
     if body.remote:
         _check_remote(body, engine)
+    if body.parent_id is not None:
+        with engine.db.connect() as conn:
+            visible_workflow(conn, user, body.parent_id)
     workflow_id = engine.create_workflow(
+        parent_id=body.parent_id,
         name=body.name,
         owner=user.user,
         function=body.function,
@@ -237,6 +249,45 @@ def list_works(workflow_id: IdPath, engine: EngineDep, principal: PrincipalDep) 
             .all()
         )
     return WorksPublic(data=[work_public(dict(r)) for r in rows], count=len(rows))
+
+
+@router.get("/{workflow_id}/dag")
+def get_dag(workflow_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> DagPublic:
+    """The works of a workflow and their edges: data-flow inputs, else submission order."""
+    from tasklift.engine.dataflow import edges
+
+    with engine.db.connect() as conn:
+        visible_workflow(conn, principal, workflow_id)
+        rows = (
+            conn.execute(
+                select(q.works).where(q.works.c.workflow_id == workflow_id).order_by(q.works.c.seq)
+            )
+            .mappings()
+            .all()
+        )
+        ids = [r["id"] for r in rows]
+        data = conn.execute(select(edges).where(edges.c.work_id.in_(ids))).mappings().all()
+        children = (
+            conn.execute(select(q.workflows.c.id).where(q.workflows.c.parent_id == workflow_id))
+            .scalars()
+            .all()
+        )
+    out = [
+        EdgePublic(
+            work_id=e["work_id"],
+            upstream_work_id=e["upstream_work_id"],
+            arg=e["arg"],
+            mode=e["mode"],
+        )
+        for e in data
+    ]
+    with_inputs = {e.work_id for e in out}
+    for before, after in itertools.pairwise(ids):
+        if after not in with_inputs:
+            out.append(EdgePublic(work_id=after, upstream_work_id=before, arg="", mode="order"))
+    return DagPublic(
+        works=[work_public(dict(r)) for r in rows], edges=out, children=[int(c) for c in children]
+    )
 
 
 @router.post("/{workflow_id}/cancel")

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tasklift.bus.base import work_destination
 from tasklift.db import queries as q
+from tasklift.engine.dataflow import Ref
 from tasklift.engine.specs import WorkSpec
 from tasklift.errors import SubmissionError
 from tasklift.service.access import visible_work, visible_workflow
@@ -54,6 +55,7 @@ def work_public(row: dict[str, Any]) -> WorkPublic:
         n_failed=row["n_failed"],
         n_cancelled=row["n_cancelled"],
         n_reused=row["n_reused"],
+        n_skipped=row.get("n_skipped", 0),
         created_at=row["created_at"],
         finished_at=row["finished_at"],
     )
@@ -100,6 +102,17 @@ def create_work(body: WorkCreate, engine: EngineDep, principal: PrincipalDep) ->
     if workflow["status"] != WorkflowState.RUNNING.value:
         raise SubmissionError(f"workflow {body.workflow_id} is {workflow['status']}: no new works")
     jobs: list[tuple[str, bytes]] = []
+    refs = [[Ref(r.arg, r.work_id, r.idx, r.mode) for r in job.refs] for job in body.jobs]
+    if any(refs) and body.serializer != "json":
+        raise SubmissionError("inputs from other works need serializer 'json'")
+    when: bytes | None = None
+    if body.when is not None:
+        try:
+            when = base64.b64decode(body.when, validate=True)
+        except (binascii.Error, ValueError):
+            raise SubmissionError("when is not valid base64") from None
+        if not body.when_arg:
+            raise SubmissionError("when needs when_arg (the input it tests)")
     seen: set[str] = set()
     for i, job in enumerate(body.jobs):
         try:
@@ -132,6 +145,8 @@ def create_work(body: WorkCreate, engine: EngineDep, principal: PrincipalDep) ->
         init_env=init_env,
         backend=backend,
         resources=body.resources,
+        when=when,
+        when_arg=body.when_arg,
     )
     # memo reuse never crosses users: the owner is part of the key
     memo_key = hashlib.sha256(
@@ -147,6 +162,7 @@ def create_work(body: WorkCreate, engine: EngineDep, principal: PrincipalDep) ->
             "init_env": init_env,
             "min_success": body.min_success,
             "serializer": body.serializer,
+            "when_arg": body.when_arg,
         }
     )
     _, record = engine.submit_work(
@@ -157,6 +173,7 @@ def create_work(body: WorkCreate, engine: EngineDep, principal: PrincipalDep) ->
         min_success=body.min_success,
         jobs=jobs,
         reuse=body.reuse and not workflow["fresh"],
+        refs=refs if any(refs) else None,
     )
     return work_public(engine.work_row(record.work_id))
 

@@ -1,0 +1,372 @@
+"""Data-flow between works: job dependencies, release on upstream success, failure and skip
+propagation, and filling a job's inputs from its upstream results at dispatch.
+
+Functions take a connection and never commit (the engine owns the transaction).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, bindparam, insert, select, update
+
+from tasklift.db import queries as q
+from tasklift.db.models import JobDep, WorkEdge
+from tasklift.engine.specs import JobSpec, ResultRecord
+from tasklift.errors import SubmissionError
+from tasklift.states import WORK_TERMINAL, JobState, WorkState
+
+__all__ = [
+    "Ref",
+    "cascade",
+    "end_jobs",
+    "register",
+    "release",
+    "reopen_downstream",
+    "resolve_payloads",
+]
+
+deps = JobDep.__table__
+edges = WorkEdge.__table__
+
+_BROKEN = {JobState.FAILED.value, JobState.UPSTREAM_FAILED.value, JobState.CANCELLED.value}
+
+
+@dataclass(frozen=True)
+class Ref:
+    """One input of one job: argument ``arg`` (``#3`` = 4th positional) comes from ``work_id``.
+
+    ``idx`` names the upstream job (``each``/``job``); ``None`` means all its jobs (``all``).
+    """
+
+    arg: str
+    work_id: int
+    idx: int | None
+    mode: str  # each | job | all
+
+
+def register(
+    conn: Connection,
+    workflow_id: int,
+    work_id: int,
+    job_ids: Sequence[int],
+    refs: Sequence[Sequence[Ref]],
+) -> tuple[dict[int, int], dict[int, tuple[str, str]]]:
+    """Store the jobs' dependencies and the work's edges.
+
+    Returns:
+        ``({job: upstream jobs still running}, {job: (state, message)})`` — the second for
+        jobs that can never run because an input already failed or was skipped.
+
+    Raises:
+        SubmissionError: an upstream work of another workflow, or a missing upstream job.
+    """
+    upstream_works = sorted({r.work_id for job_refs in refs for r in job_refs})
+    found = dict(
+        conn.execute(
+            select(q.works.c.id, q.works.c.workflow_id).where(q.works.c.id.in_(upstream_works))
+        ).all()
+    )
+    for upstream in upstream_works:
+        if upstream not in found:
+            raise SubmissionError(f"work {upstream} passed as an input does not exist")
+        if found[upstream] != workflow_id:
+            raise SubmissionError(
+                f"work {upstream} belongs to another workflow; a work can only take inputs "
+                "from works of its own workflow"
+            )
+    by_idx: dict[int, list[tuple[int, str, str | None, str | None]]] = {}
+    for upstream in upstream_works:
+        rows = conn.execute(
+            select(q.jobs.c.id, q.jobs.c.state, q.jobs.c.error_type, q.jobs.c.error_message)
+            .where(q.jobs.c.work_id == upstream)
+            .order_by(q.jobs.c.idx)
+        ).all()
+        by_idx[upstream] = [(int(r[0]), r[1], r[2], r[3]) for r in rows]
+    dep_rows: list[dict[str, Any]] = []
+    edge_set: set[tuple[int, str, str]] = set()
+    waiting: dict[int, int] = {}
+    blocked: dict[int, tuple[str, str]] = {}
+    for job_id, job_refs in zip(job_ids, refs, strict=True):
+        n_wait = 0
+        for ref in job_refs:
+            edge_set.add((ref.work_id, ref.arg, ref.mode))
+            upstream_jobs = by_idx[ref.work_id]
+            if ref.idx is not None and not 0 <= ref.idx < len(upstream_jobs):
+                raise SubmissionError(
+                    f"input {ref.arg!r} names job {ref.idx} of work {ref.work_id}, which has "
+                    f"{len(upstream_jobs)} jobs"
+                )
+            chosen = upstream_jobs if ref.idx is None else [upstream_jobs[ref.idx]]
+            for up_id, state, error_type, message in chosen:
+                dep_rows.append(
+                    {
+                        "job_id": job_id,
+                        "upstream_job_id": up_id,
+                        "arg": ref.arg,
+                        "mode": "all" if ref.idx is None else "one",
+                    }
+                )
+                if state == JobState.FINISHED.value:
+                    continue
+                if state in _BROKEN and job_id not in blocked:
+                    blocked[job_id] = (
+                        JobState.UPSTREAM_FAILED.value,
+                        f"upstream job {up_id} {state}: {error_type}: {message}",
+                    )
+                elif state == JobState.SKIPPED.value and job_id not in blocked:
+                    blocked[job_id] = (JobState.SKIPPED.value, f"upstream job {up_id} skipped")
+                n_wait += 1
+        if n_wait:
+            waiting[job_id] = n_wait
+    for start in range(0, len(dep_rows), 5000):
+        conn.execute(insert(deps), dep_rows[start : start + 5000])
+    if edge_set:
+        conn.execute(
+            insert(edges),
+            [
+                {"work_id": work_id, "upstream_work_id": w, "arg": a, "mode": m}
+                for w, a, m in sorted(edge_set)
+            ],
+        )
+    if waiting:
+        conn.execute(
+            update(q.jobs).where(q.jobs.c.id == bindparam("_id")).values(n_waiting=bindparam("_n")),
+            [{"_id": j, "_n": n} for j, n in waiting.items()],
+        )
+    return waiting, blocked
+
+
+def release(conn: Connection, finished: Sequence[int]) -> list[tuple[int, int, int, bytes]]:
+    """Count finished upstream jobs off their dependents; return those now ready to run.
+
+    Returns ``(work id, job id, idx, payload)`` of pending jobs that wait for nothing now.
+    """
+    rows = (
+        conn.execute(select(deps.c.job_id).where(deps.c.upstream_job_id.in_(list(finished))))
+        .scalars()
+        .all()
+    )
+    if not rows:
+        return []
+    counts = Counter(int(r) for r in rows)
+    conn.execute(
+        update(q.jobs)
+        .where(q.jobs.c.id == bindparam("_id"))
+        .values(n_waiting=q.jobs.c.n_waiting - bindparam("_k")),
+        [{"_id": j, "_k": k} for j, k in counts.items()],
+    )
+    ready = conn.execute(
+        select(q.jobs.c.work_id, q.jobs.c.id, q.jobs.c.idx, q.jobs.c.payload).where(
+            q.jobs.c.id.in_(list(counts)),
+            q.jobs.c.n_waiting == 0,
+            q.jobs.c.state == JobState.PENDING.value,
+        )
+    ).all()
+    return [(int(w), int(j), int(i), p) for w, j, i, p in ready]
+
+
+def cascade(
+    conn: Connection, origins: dict[int, tuple[str, str]]
+) -> tuple[list[tuple[int, ResultRecord]], dict[int, WorkState]]:
+    """End the pending dependents of ended-without-success jobs, transitively.
+
+    ``origins`` maps a job id to ``(its terminal state, its error text)``. A dependent of a
+    failed or cancelled job becomes ``upstream_failed``; of a skipped one, ``skipped``.
+
+    Returns:
+        ``[(work id, record)]`` to publish, and the new state of every work touched.
+    """
+    published: list[tuple[int, ResultRecord]] = []
+    states: dict[int, WorkState] = {}
+    frontier = dict(origins)
+    while frontier:
+        rows = conn.execute(
+            select(deps.c.job_id, deps.c.upstream_job_id).where(
+                deps.c.upstream_job_id.in_(list(frontier))
+            )
+        ).all()
+        cause: dict[int, int] = {}
+        for job_id, up in rows:
+            cause.setdefault(int(job_id), int(up))
+        if not cause:
+            break
+        open_rows = conn.execute(
+            select(q.jobs.c.id, q.jobs.c.work_id, q.jobs.c.idx, q.jobs.c.attempts)
+            .where(q.jobs.c.id.in_(list(cause)), q.jobs.c.state == JobState.PENDING.value)
+            .order_by(q.jobs.c.work_id, q.jobs.c.idx)
+        ).all()
+        per_work: dict[int, list[tuple[int, int, int, str, str]]] = defaultdict(list)
+        next_frontier: dict[int, tuple[str, str]] = {}
+        for job_id, work_id, idx, attempts in open_rows:
+            up = cause[int(job_id)]
+            up_state, up_error = frontier[up]
+            state = (
+                JobState.SKIPPED.value
+                if up_state == JobState.SKIPPED.value
+                else JobState.UPSTREAM_FAILED.value
+            )
+            message = (
+                f"upstream job {up} was skipped"
+                if state == JobState.SKIPPED.value
+                else f"upstream job {up} {up_state}: {up_error}"
+            )
+            per_work[int(work_id)].append((int(job_id), int(idx), int(attempts), state, message))
+            next_frontier[int(job_id)] = (state, message)
+        for work_id, ended in per_work.items():
+            records, state = end_jobs(conn, work_id, ended)
+            published += [(work_id, r) for r in records]
+            states[work_id] = state
+        frontier = next_frontier
+    return published, states
+
+
+def end_jobs(
+    conn: Connection, work_id: int, ended: Sequence[tuple[int, int, int, str, str]]
+) -> tuple[list[ResultRecord], WorkState]:
+    """End jobs that will never run: ``(job id, idx, attempts, state, message)`` each."""
+    n_skip = sum(1 for e in ended if e[3] == JobState.SKIPPED.value)
+    counts = q.bump_work_counters(conn, work_id, 0, len(ended) - n_skip, 0, n_skip)
+    seq = counts.last_seq - len(ended) + 1
+    updates = []
+    records = []
+    for offset, (job_id, idx, attempts, state, message) in enumerate(ended):
+        error_type = "Skipped" if state == JobState.SKIPPED.value else "UpstreamFailed"
+        updates.append(
+            {
+                "_id": job_id,
+                "_state": state,
+                "_type": error_type,
+                "_msg": message,
+                "_seq": seq + offset,
+            }
+        )
+        records.append(
+            ResultRecord(
+                job_id, idx, state, None, error_type, message, None, attempts, seq + offset
+            )
+        )
+    conn.execute(
+        update(q.jobs)
+        .where(q.jobs.c.id == bindparam("_id"))
+        .values(
+            state=bindparam("_state"),
+            error_type=bindparam("_type"),
+            error_message=bindparam("_msg"),
+            done_seq=bindparam("_seq"),
+            finished_at=time.time(),
+        ),
+        updates,
+    )
+    return records, _state_of(conn, work_id, counts)
+
+
+def _state_of(conn: Connection, work_id: int, counts: q.WorkCounts) -> WorkState:
+    import json
+
+    from tasklift.engine.state import work_state
+
+    options = conn.execute(select(q.works.c.options).where(q.works.c.id == work_id)).scalar()
+    min_success = json.loads(options or "{}").get("min_success", 1.0)
+    state = work_state(
+        counts.n_jobs,
+        counts.n_finished,
+        counts.n_failed,
+        counts.n_cancelled,
+        min_success,
+        counts.n_skipped,
+    )
+    if state in WORK_TERMINAL:
+        q.set_work_status(conn, work_id, state.value, finished=True)
+    return state
+
+
+def reopen_downstream(conn: Connection, reopened: Sequence[int]) -> dict[int, int]:
+    """Give dependents that ended ``upstream_failed`` another chance (a retried upstream).
+
+    Returns ``{work id: jobs reopened}`` (their counters are lowered, the works run again).
+    """
+    per_work: Counter[int] = Counter()
+    frontier = list(reopened)
+    while frontier:
+        dependents = (
+            conn.execute(
+                select(deps.c.job_id).where(deps.c.upstream_job_id.in_(frontier)).distinct()
+            )
+            .scalars()
+            .all()
+        )
+        rows = conn.execute(
+            select(q.jobs.c.id, q.jobs.c.work_id).where(
+                q.jobs.c.id.in_(list(dependents)),
+                q.jobs.c.state == JobState.UPSTREAM_FAILED.value,
+            )
+        ).all()
+        frontier = [int(r[0]) for r in rows]
+        for job_id, work_id in rows:
+            waiting = conn.execute(
+                select(deps.c.id)
+                .join(q.jobs, q.jobs.c.id == deps.c.upstream_job_id)
+                .where(deps.c.job_id == job_id, q.jobs.c.state != JobState.FINISHED.value)
+            ).all()
+            conn.execute(
+                update(q.jobs)
+                .where(q.jobs.c.id == job_id)
+                .values(
+                    state=JobState.PENDING.value,
+                    n_waiting=len(waiting),
+                    attempts=0,
+                    done_seq=None,
+                    finished_at=None,
+                    error_type=None,
+                    error_message=None,
+                )
+            )
+            per_work[int(work_id)] += 1
+    for work_id, n in per_work.items():
+        conn.execute(
+            update(q.works)
+            .where(q.works.c.id == work_id)
+            .values(
+                n_failed=q.works.c.n_failed - n,
+                status=WorkState.RUNNING.value,
+                finished_at=None,
+            )
+        )
+    return dict(per_work)
+
+
+def resolve_payloads(conn: Connection, batch: Sequence[JobSpec]) -> list[JobSpec]:
+    """Put upstream results in place of the jobs' input references (JSON works only)."""
+    rows = conn.execute(
+        select(deps.c.job_id, deps.c.arg, deps.c.mode, q.jobs.c.idx, q.jobs.c.result)
+        .join(q.jobs, q.jobs.c.id == deps.c.upstream_job_id)
+        .where(deps.c.job_id.in_([j.job_id for j in batch]))
+        .order_by(deps.c.job_id, deps.c.arg, q.jobs.c.idx)
+    ).all()
+    inputs: dict[int, dict[str, Any]] = defaultdict(dict)
+    for job_id, arg, mode, _idx, result in rows:
+        value = orjson.loads(result) if result is not None else None
+        if mode == "all":
+            inputs[int(job_id)].setdefault(arg, []).append(value)
+        else:
+            inputs[int(job_id)][arg] = value
+    out = []
+    for job in batch:
+        given = inputs.get(job.job_id)
+        if not given:
+            out.append(job)
+            continue
+        call = orjson.loads(job.payload)
+        for arg, value in given.items():
+            if arg.startswith("#"):
+                call["args"][int(arg[1:])] = value
+            else:
+                call.setdefault("kwargs", {})[arg] = value
+        out.append(JobSpec(job.job_id, job.attempt, orjson.dumps(call), job.token))
+    return out
