@@ -39,6 +39,7 @@ MAX_RUNNERS = 64
 """Most workflow functions (remote workflows) running at once, each in its own worker."""
 
 TARGET_QUEUE_SECONDS = 0.02
+LONG_JOB_SECONDS = 0.05
 """How much work (by measured duration) to queue at each worker ahead of time."""
 
 
@@ -229,6 +230,10 @@ class LocalBackend(Backend):
         duration = self._durations.get(work.work_id)
         if duration is None:
             return 2
+        if duration >= LONG_JOB_SECONDS:
+            # a job queued behind a long one would wait for it while another worker idles;
+            # at this length, handing jobs over one at a time costs under 1 %
+            return 1
         return max(2, min(512, math.ceil(TARGET_QUEUE_SECONDS / max(duration, 1e-6))))
 
     def _pool_for(self, work: WorkSpec) -> list[_Worker]:
