@@ -19,6 +19,7 @@ def test_no_server_errors_for_generated_requests(server, tmp_path: Path):
          "not_a_server_error", "-H", f"Authorization: Bearer {token}", "--max-examples", "25",
          "--seed", "7", "--generation-database", "none", "--request-timeout", "30"],
         capture_output=True, text=True, timeout=600, env=dict(os.environ, NO_COLOR="1"),
+        cwd=tmp_path,
     )
     out = proc.stdout + proc.stderr
     assert "generated" in out, out[-3000:]

@@ -42,8 +42,7 @@ def engine_command(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    click.echo(f"tasklift engine {engine.engine_id} on {mask_url(settings.database_url)}",
-               err=True)
+    click.echo(f"tasklift engine {engine.engine_id} on {mask_url(settings.database_url)}", err=True)
     try:
         stop.wait()
     finally:
