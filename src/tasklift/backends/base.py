@@ -44,6 +44,8 @@ class Backend(ABC):
     """Runs jobs somewhere and reports their states."""
 
     name: ClassVar[str] = "backend"
+    handles_outlive_engine: ClassVar[bool] = True
+    """Handles name jobs that survive an engine restart (stored at dispatch)."""
 
     def start(self, sink: OutcomeSink) -> None:  # noqa: B027 - optional hook
         """Start the backend; outcomes and lost jobs go to ``sink``."""

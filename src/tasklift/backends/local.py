@@ -83,6 +83,7 @@ class LocalBackend(Backend):
     """Runs jobs in persistent worker processes on this machine."""
 
     name: ClassVar[str] = "local"
+    handles_outlive_engine: ClassVar[bool] = False  # workers end with their engine
 
     def __init__(self, *, workers: int | None = None, python: str | None = None) -> None:
         self.n_workers = workers or os.cpu_count() or 1

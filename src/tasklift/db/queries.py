@@ -215,6 +215,7 @@ def store_terminal(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
                 finished_at=bindparam("_finished_at"),
                 stdout=bindparam("_stdout"),
                 done_seq=bindparam("_done_seq"),
+                backend_handle=bindparam("_handle"),
             ),
             [{k: v for k, v in row.items() if k not in ("_idx", "_work")} for row in rows],
         )

@@ -281,12 +281,10 @@ class Engine:
                 ]
                 if doomed:
                     ended, _ = dataflow.end_jobs(conn, work_id, doomed)
-            counts = conn.execute(
-                select(q.works.c.n_finished, q.works.c.n_failed, q.works.c.n_skipped).where(
-                    q.works.c.id == work_id
-                )
-            ).one()
-            status = work_state(len(jobs), counts[0], counts[1], 0, min_success, counts[2])
+            n_failed = sum(1 for r in ended if r.state != JobState.SKIPPED.value)
+            status = work_state(
+                len(jobs), len(reused), n_failed, 0, min_success, len(ended) - n_failed
+            )
             if status in WORK_TERMINAL:
                 q.set_work_status(conn, work_id, status.value, finished=True)
         return work_id, job_ids, reused, status, not_ready, ended
@@ -440,8 +438,9 @@ class Engine:
                 )
                 self._fail_unsubmitted(live, batch, exc)
                 continue
-            with self.db.begin() as conn:
-                q.set_handles(conn, [j.job_id for j in batch], handles)
+            if backend.handles_outlive_engine:  # e.g. batch-system ids a restart must find
+                with self.db.begin() as conn:
+                    q.set_handles(conn, [j.job_id for j in batch], handles)
             for job, handle in zip(batch, handles, strict=True):
                 self._active[job.job_id] = (live.spec.work_id, job.attempt, job.payload)
                 self._handles[job.job_id] = handle
@@ -514,7 +513,7 @@ class Engine:
             if live is None:
                 continue
             del self._active[outcome.job_id]
-            self._handles.pop(outcome.job_id, None)
+            handle = self._handles.pop(outcome.job_id, None)
             decision = decide(outcome, attempt, live.spec.retries)
             row = {
                 "_id": outcome.job_id,
@@ -527,6 +526,7 @@ class Engine:
                 "_started_at": outcome.started_at,
                 "_finished_at": outcome.finished_at,
                 "_stdout": outcome.stdout,
+                "_handle": handle,
             }
             if decision.retry:
                 retry_rows.append(row)
