@@ -126,14 +126,16 @@ class Server:
                 self.proc.wait(timeout=5)
 
 
-def start_server(db_url: str, home: Path, port: int | None = None) -> Server:
+def start_server(
+    db_url: str, home: Path, port: int | None = None, extra_env: dict[str, str] | None = None
+) -> Server:
     """Migrate ``db_url`` and start a server on it; wait until /health answers."""
     engine = create_db_engine(db_url)
     upgrade(engine)
     engine.dispose()
     port = port or free_port()
     log = home.parent / f"server-{port}.log"
-    env = dict(os.environ, TASKLIFT_HOME=str(home), TASKLIFT_WORKERS="2")
+    env = dict(os.environ, TASKLIFT_HOME=str(home), TASKLIFT_WORKERS="2", **(extra_env or {}))
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tasklift.cli", "server", "--db", db_url, "--port",

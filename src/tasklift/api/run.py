@@ -269,6 +269,7 @@ class Workflow:
         init_env: command prefix (and ``;``-separated set-up) for job runners.
         backend: where jobs run (``"local"``).
         fresh: do not reuse finished jobs of earlier identical runs.
+        bus: result bus URL for the embedded engine (``stomp://...``); default in-process.
         remote: run the workflow function itself as a job on the service (``submit()``
             returns at once; ``Workflow.attach(id, service=URL).result()`` waits).
         settings: explicit :class:`~tasklift.settings.Settings` (default: environment).
@@ -286,6 +287,7 @@ class Workflow:
         fresh: bool = False,
         *,
         remote: bool = False,
+        bus: str | None = None,
         settings: Settings | None = None,
     ) -> None:
         if isinstance(func, WorkflowFunction):
@@ -302,6 +304,8 @@ class Workflow:
             from tasklift.settings import Settings
 
             settings = Settings()
+        if bus is not None:
+            settings = settings.with_overrides(bus=bus)
         self.settings = settings
         self.service = service or self.settings.service
         if self.service != "local" and not self.service.startswith(("http://", "https://")):

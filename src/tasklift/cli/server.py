@@ -18,6 +18,12 @@ __all__ = ["server_command"]
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=None, type=int, help="Local backend worker processes.")
+@click.option(
+    "--bus",
+    "bus_url",
+    default=None,
+    help="Result bus URL (stomp://user:pass@host:61613/prefix); default in-process.",
+)
 @click.option("--log-level", default="info", show_default=True)
 @click.pass_obj
 def server_command(
@@ -26,6 +32,7 @@ def server_command(
     host: str,
     port: int,
     workers: int | None,
+    bus_url: str | None,
     log_level: str,
 ) -> None:
     """Serve the REST API; the scheduler and backends run in this process."""
@@ -38,6 +45,8 @@ def server_command(
         overrides["db_url"] = db_url
     if workers:
         overrides["workers"] = workers
+    if bus_url:
+        overrides["bus"] = bus_url
     settings = settings.with_overrides(**overrides)
     check_schema(settings)  # refuses an out-of-date schema before binding the port
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")

@@ -25,7 +25,6 @@ from sqlalchemy.exc import IntegrityError
 from tasklift.archive import PackedArchive, archive_path, store_archive
 from tasklift.backends.base import Backend
 from tasklift.bus.base import Bus, work_destination
-from tasklift.bus.embedded import EmbeddedBus
 from tasklift.db import queries as q
 from tasklift.db.session import create_db_engine, upgrade
 from tasklift.engine import dataflow
@@ -89,7 +88,11 @@ class Engine:
         self.db: DBEngine = create_db_engine(settings.database_url)
         if auto_upgrade:
             upgrade(self.db)
-        self.bus = bus or EmbeddedBus()
+        if bus is None:
+            from tasklift.bus.registry import bus_from_url
+
+            bus = bus_from_url(settings.bus)  # TASKLIFT_BUS / --bus; default in-process
+        self.bus = bus
         self._backend_factory = backend_factory or self._default_backend
         self._backends: dict[str, Backend] = {}
         self._lock = threading.RLock()

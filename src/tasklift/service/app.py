@@ -92,6 +92,7 @@ def _error_response(exc: TaskliftError) -> JSONResponse:
 def create_app(settings: Settings, *, start_engine: bool = True) -> FastAPI:
     """Build the app; the engine starts with the app's lifespan."""
     from tasklift.engine.core import Engine
+    from tasklift.service import web
     from tasklift.service.auth import Authenticator
     from tasklift.service.limits import BodyLimit
     from tasklift.service.metrics import ServiceMetrics
@@ -147,4 +148,5 @@ def create_app(settings: Settings, *, start_engine: bool = True) -> FastAPI:
     for module in (workflows, works, jobs, archives):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(system.router)
+    app.include_router(web.router)
     return app
