@@ -27,7 +27,10 @@ def test_cli_over_http(server, tmp_path: Path):
     # login stores URL + token in a 0600 file; the environment is not needed afterwards
     env_no_token = {k: v for k, v in env.items() if k not in ("TASKLIFT_SERVICE",
                                                               "TASKLIFT_TOKEN")}
-    login = tl(env_no_token, "login", server.url, "--token", token)
+    login = subprocess.run([sys.executable, "-m", "tasklift.cli", "login", server.url],
+                           env=env_no_token, input=token + "\n", capture_output=True,
+                           text=True, timeout=60)
+    assert login.returncode == 0, login.stderr
     creds = Path(env["TASKLIFT_CONFIG_DIR"]) / "credentials.json"
     assert stat.S_IMODE(os.stat(creds).st_mode) == 0o600
     assert token not in login.stdout + login.stderr

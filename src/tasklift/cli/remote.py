@@ -45,7 +45,14 @@ def _echo_json(data: Any) -> None:
 
 @cli.command("login")
 @click.argument("url")
-@click.option("--token", prompt=True, hide_input=True, help="API token (prompted if absent).")
+@click.option(
+    "--token",
+    envvar="TASKLIFT_TOKEN",
+    prompt=True,
+    hide_input=True,
+    help="API token; prompted for (or read from TASKLIFT_TOKEN): avoid putting it on the "
+    "command line, where other users can see it.",
+)
 @click.pass_obj
 def login_command(settings: Settings, url: str, token: str) -> None:
     """Check URL + token against the server and save them (file mode 0600)."""
