@@ -263,3 +263,38 @@ def test_job_tokens_are_scoped(server):
         assert c.post("/api/v1/workflows", json={"name": "x", "function": "m:f"}).status_code == 403
     with server.client(work_scoped) as c:
         assert c.get(f"/api/v1/workflows/{mine['id']}").status_code == 403
+
+
+def test_job_runner_endpoints_are_for_the_jobs_own_token(server):
+    from tasklift.db.session import create_db_engine
+    from tasklift.service.auth import Authenticator
+
+    alice = server.token("alice")
+    with server.client(alice) as c:
+        wf = c.post("/api/v1/workflows", json={"name": "r", "function": "m:f"}).json()
+        payload = base64.b64encode(orjson.dumps({"kwargs": {"x": 1}})).decode()
+        work = c.post("/api/v1/works", json={
+            "workflow_id": wf["id"], "name": "w", "function": "no_such_module:f", "retries": 0,
+            "jobs": [{"key": get_unique_id_for_dict({"x": i}), "payload": payload}
+                     for i in range(2)]}).json()
+        jobs = c.get(f"/api/v1/works/{work['id']}/jobs").json()["data"]
+        # a user token cannot act as a job runner
+        assert c.get(f"/api/v1/jobs/{jobs[0]['id']}/spec").status_code == 403
+    db = create_db_engine(server.db_url)
+    auth = Authenticator(db=db, settings=server.settings())
+    mine = auth.issue_job_token(user="alice", workflow_id=wf["id"], work_id=work["id"],
+                                job_id=jobs[0]["id"])
+    db.dispose()
+    with server.client(mine) as c:
+        spec = c.get(f"/api/v1/jobs/{jobs[0]['id']}/spec").json()
+        assert spec["function"] == "no_such_module:f"
+        assert orjson.loads(base64.b64decode(spec["payload"])) == {"kwargs": {"x": 1}}
+        assert c.post(f"/api/v1/jobs/{jobs[0]['id']}/heartbeat").status_code == 204
+        assert c.get(f"/api/v1/jobs/{jobs[1]['id']}/spec").status_code == 403  # not its job
+        assert c.post(f"/api/v1/jobs/{jobs[1]['id']}/heartbeat").status_code == 403
+        assert c.get(f"/api/v1/workflows/{wf['id']}").status_code == 403  # nothing else
+        assert c.get(f"/api/v1/works/{work['id']}/jobs").status_code == 403
+        # the local backend already ran (and failed) this job: a late report is refused
+        late = c.post(f"/api/v1/jobs/{jobs[0]['id']}/outcome",
+                      json={"attempt": 1, "ok": True, "result": "MQ=="})
+        assert late.status_code == 409

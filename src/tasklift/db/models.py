@@ -128,6 +128,8 @@ class Job(Base):
     stderr: Mapped[str | None] = mapped_column(Text, nullable=True)
     metrics: Mapped[str | None] = mapped_column(Text, nullable=True)
     backend_handle: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """Last sign of life from a remote job runner (the monitor watches it)."""
     n_waiting: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """Upstream jobs this job still waits for (data-flow); dispatched only at 0."""
     claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -343,6 +343,12 @@ class Engine:
             raise NotFoundError(f"work {work_id} does not exist")
         return dict(row)
 
+    def is_active(self, job_id: int, attempt: int) -> bool:
+        """True while attempt ``attempt`` of ``job_id`` is handed out and not yet reported."""
+        with self._lock:
+            active = self._active.get(job_id)
+            return active is not None and active[1] == attempt
+
     def running_count(self, work_id: int) -> int:
         """How many jobs of a work are handed to a backend right now."""
         with self._lock:

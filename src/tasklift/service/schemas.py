@@ -11,8 +11,10 @@ __all__ = [
     "EdgePublic",
     "JobIn",
     "JobPublic",
+    "JobSpecPublic",
     "JobsPublic",
     "LogsPublic",
+    "OutcomeIn",
     "RefIn",
     "ResultPublic",
     "ResultsPage",
@@ -233,3 +235,41 @@ class ResultsPage(BaseModel):
     data: list[ResultPublic]
     cursor: int
     done: bool
+
+
+class JobSpecPublic(BaseModel):
+    """What a remote job runner needs to run one job (its job token fetches it)."""
+
+    job_id: int
+    work_id: int
+    workflow_id: int
+    attempt: int
+    name: str
+    function: str
+    script: str | None
+    archive_sha: str | None
+    serializer: str
+    timeout: float | None
+    init_env: str | None
+    resources: dict[str, Any]
+    payload: str
+    """Serialized ``{"args", "kwargs"}``, base64, with inputs from upstream jobs filled in."""
+    when: str | None = None
+    when_arg: str | None = None
+
+
+class OutcomeIn(_Body):
+    """A remote job runner's report of one attempt."""
+
+    attempt: int = Field(ge=1, le=1000)
+    ok: bool
+    result: str | None = Field(default=None, max_length=64 * 1024 * 1024)
+    error_type: str | None = Field(default=None, max_length=300)
+    error_message: str | None = Field(default=None, max_length=100_000)
+    traceback: str | None = Field(default=None, max_length=1_000_000)
+    retryable: bool = True
+    skipped: bool = False
+    started_at: float | None = None
+    finished_at: float | None = None
+    stdout: str | None = Field(default=None, max_length=1_000_000)
+    stderr: str | None = Field(default=None, max_length=1_000_000)

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import time
+from typing import Any
 
 from fastapi import APIRouter
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tasklift.db import queries as q
+from tasklift.engine import dataflow
+from tasklift.engine.specs import JobSpec, Outcome
+from tasklift.errors import ConflictError, NotFoundError, PermissionDeniedError, SubmissionError
 from tasklift.service.access import visible_job
 from tasklift.service.deps import EngineDep, IdPath, PrincipalDep
+from tasklift.service.principal import Principal
 from tasklift.service.routes.works import job_public
-from tasklift.service.schemas import JobPublic, LogsPublic
+from tasklift.service.schemas import JobPublic, JobSpecPublic, LogsPublic, OutcomeIn
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -33,3 +41,94 @@ def get_logs(job_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> Logs
     with engine.db.connect() as conn:
         row = visible_job(conn, principal, job_id)
     return LogsPublic(job_id=job_id, stdout=row["stdout"] or "", stderr=row["stderr"] or "")
+
+
+def _own_job(engine: Any, principal: Principal, job_id: int) -> dict[str, Any]:
+    """The job row, for the job token of this very job (or of its work); else 403/404."""
+    if principal.kind != "job":
+        raise PermissionDeniedError("only the job's own runner (its job token) may do this")
+    with engine.db.connect() as conn:
+        row = conn.execute(select(q.jobs).where(q.jobs.c.id == job_id)).mappings().first()
+        if row is None:
+            raise NotFoundError(f"job {job_id} not found")
+        work = conn.execute(select(q.works).where(q.works.c.id == row["work_id"])).mappings().one()
+    if (
+        principal.work_id != row["work_id"]
+        or principal.workflow_id != work["workflow_id"]
+        or principal.job_id not in (None, job_id)
+    ):
+        raise PermissionDeniedError("this job token is scoped to another job")
+    return {"job": dict(row), "work": dict(work)}
+
+
+@router.get("/{job_id}/spec")
+def get_spec(job_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> JobSpecPublic:
+    """The job's function, archive and inputs (upstream results filled in), for its runner."""
+    found = _own_job(engine, principal, job_id)
+    job, work = found["job"], found["work"]
+    options = json.loads(work["options"])
+    spec = JobSpec(job_id, int(job["attempts"]) or 1, job["payload"])
+    with engine.db.connect() as conn:
+        [spec] = dataflow.resolve_payloads(conn, [spec])
+    return JobSpecPublic(
+        job_id=job_id,
+        work_id=work["id"],
+        workflow_id=work["workflow_id"],
+        attempt=spec.attempt,
+        name=work["name"],
+        function=work["function"],
+        script=work["script"],
+        archive_sha=work["archive_sha"],
+        serializer=options.get("serializer", "json"),
+        timeout=options.get("timeout"),
+        init_env=options.get("init_env"),
+        resources=options.get("resources") or {},
+        payload=base64.b64encode(spec.payload).decode(),
+        when=base64.b64encode(work["when_predicate"]).decode() if work["when_predicate"] else None,
+        when_arg=options.get("when_arg"),
+    )
+
+
+@router.post("/{job_id}/heartbeat", status_code=204)
+def heartbeat(job_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> None:
+    """The runner of this job is alive."""
+    _own_job(engine, principal, job_id)
+    with engine.db.begin() as conn:
+        conn.execute(update(q.jobs).where(q.jobs.c.id == job_id).values(heartbeat_at=time.time()))
+
+
+@router.post("/{job_id}/outcome")
+def post_outcome(
+    job_id: IdPath, body: OutcomeIn, engine: EngineDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    """Record the end of one attempt (stored first, then announced on the bus)."""
+    _own_job(engine, principal, job_id)
+    if not engine.is_active(job_id, body.attempt):
+        raise ConflictError(
+            f"job {job_id} attempt {body.attempt} is not running here (already reported, "
+            "cancelled, or superseded by a retry)"
+        )
+    try:
+        result = base64.b64decode(body.result, validate=True) if body.result else None
+    except (binascii.Error, ValueError):
+        raise SubmissionError("result is not valid base64") from None
+    engine.record_outcomes(
+        [
+            Outcome(
+                job_id,
+                body.attempt,
+                ok=body.ok,
+                result=result,
+                error_type=body.error_type,
+                error_message=body.error_message,
+                traceback=body.traceback,
+                retryable=body.retryable,
+                skipped=body.skipped,
+                started_at=body.started_at,
+                finished_at=body.finished_at,
+                stdout=body.stdout,
+                stderr=body.stderr,
+            )
+        ]
+    )
+    return {"job_id": job_id, "accepted": True}

@@ -1,4 +1,5 @@
-"""data-flow: job_deps, work_edges, jobs.n_waiting, works.n_skipped, works.when_predicate
+"""data-flow: job_deps, work_edges, jobs.n_waiting, works.n_skipped, works.when_predicate;
+jobs.heartbeat_at
 
 Revision ID: 0004
 Revises: 0003
@@ -57,6 +58,7 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("n_waiting", sa.Integer(), nullable=False, server_default="0")
         )
+        batch_op.add_column(sa.Column("heartbeat_at", sa.Float(), nullable=True))
     with op.batch_alter_table("works", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("n_skipped", sa.Integer(), nullable=False, server_default="0")
@@ -69,6 +71,7 @@ def downgrade() -> None:
         batch_op.drop_column("when_predicate")
         batch_op.drop_column("n_skipped")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_column("heartbeat_at")
         batch_op.drop_column("n_waiting")
     op.drop_index(op.f("ix_work_edges_upstream_work_id"), table_name="work_edges")
     op.drop_index(op.f("ix_work_edges_work_id"), table_name="work_edges")
