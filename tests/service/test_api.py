@@ -280,6 +280,10 @@ def test_job_runner_endpoints_are_for_the_jobs_own_token(server):
         jobs = c.get(f"/api/v1/works/{work['id']}/jobs").json()["data"]
         # a user token cannot act as a job runner
         assert c.get(f"/api/v1/jobs/{jobs[0]['id']}/spec").status_code == 403
+        deadline = time.monotonic() + 60  # the local backend runs (and fails) both jobs
+        while c.get(f"/api/v1/works/{work['id']}").json()["status"] == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
     db = create_db_engine(server.db_url)
     auth = Authenticator(db=db, settings=server.settings())
     mine = auth.issue_job_token(user="alice", workflow_id=wf["id"], work_id=work["id"],
@@ -294,7 +298,7 @@ def test_job_runner_endpoints_are_for_the_jobs_own_token(server):
         assert c.post(f"/api/v1/jobs/{jobs[1]['id']}/heartbeat").status_code == 403
         assert c.get(f"/api/v1/workflows/{wf['id']}").status_code == 403  # nothing else
         assert c.get(f"/api/v1/works/{work['id']}/jobs").status_code == 403
-        # the local backend already ran (and failed) this job: a late report is refused
+        # the local backend ran (and failed) this job already: a late report is refused
         late = c.post(f"/api/v1/jobs/{jobs[0]['id']}/outcome",
                       json={"attempt": 1, "ok": True, "result": "MQ=="})
         assert late.status_code == 409
