@@ -6,27 +6,30 @@ field chosen by the user (``a`` or ``a.b``). Large workflows are sampled evenly 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as default
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, or_, select
+from sqlalchemy import ColumnElement, Connection, select
 
 from tasklift.db import queries as q
 from tasklift.service.web.plots import ConvergencePoint
-from tasklift.service.web.queries import windows
+from tasklift.service.web.present import options_of
 from tasklift.states import JobState
 
 __all__ = ["MAX_POINTS", "Convergence", "Iteration", "convergence", "numeric_fields"]
 
 logger = logging.getLogger(__name__)
 
-MAX_POINTS = 5000
-"""At most this many jobs are read for one plot; beyond it each work is sampled."""
+MAX_POINTS = 2000
+"""At most about this many jobs are read for one plot; beyond it each work is sampled."""
+
+FIELD_PROBES = 10
+"""Results per work looked at to list the numeric fields on offer."""
 
 Mode = Literal["max", "min"]
 
@@ -51,10 +54,10 @@ class Convergence:
 
     mode: Mode
     field: str | None
-    fields: list[str] = field(default_factory=list)
-    points: list[ConvergencePoint] = field(default_factory=list)
-    iterations: list[Iteration] = field(default_factory=list)
-    skipped: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    fields: list[str] = default(default_factory=list)
+    points: list[ConvergencePoint] = default(default_factory=list)
+    iterations: list[Iteration] = default(default_factory=list)
+    skipped: list[tuple[dict[str, Any], str]] = default(default_factory=list)
     sampled: bool = False
 
 
@@ -89,30 +92,68 @@ def _pick(value: Any, path: str | None) -> float | None:
     return _number(value)
 
 
+def _loads(blob: bytes) -> Any:
+    try:
+        return orjson.loads(blob)
+    except orjson.JSONDecodeError:
+        return None
+
+
 def _eligible(work: dict[str, Any]) -> str | None:
     """Why a work cannot be plotted, or ``None`` when it can."""
-    options = json.loads(work.get("options") or "{}")
-    if options.get("kind") == "workflow":
+    options = options_of(work)
+    if options["kind"] == "workflow":
         return "runs the workflow function itself"
-    if options.get("serializer", "json") != "json":
+    if options["serializer"] != "json":
         return "results are not JSON"
     if not work["n_finished"]:
         return "no finished jobs yet"
     return None
 
 
-def _results(conn: Connection, work: dict[str, Any], share: int | None) -> list[tuple[int, bytes]]:
-    """A work's finished jobs as ``(idx, result)`` in ``idx`` order; about ``share`` of them."""
+def sample_indexes(n: int, share: int) -> tuple[int, ...]:
+    """About ``share`` job indexes spread evenly over ``0 .. n-1`` (all of them if fewer)."""
+    if n <= share:
+        return tuple(range(n))
+    step = n / share
+    return tuple(sorted({int(i * step) for i in range(share)}))
+
+
+def _results(
+    conn: Connection, works: Sequence[dict[str, Any]], sampled: bool
+) -> dict[int, list[tuple[int, bytes]]]:
+    """Finished jobs' ``(idx, result)`` per work, in ``idx`` order; evenly sampled when asked.
+
+    Works that share a sample (same size) are read by one query over the ``(work_id, idx)``
+    index, so a 50-iteration campaign costs a query or two, not fifty.
+    """
     jobs = q.jobs
-    where: list[ColumnElement[bool]] = [
-        jobs.c.work_id == work["id"],
-        jobs.c.state == JobState.FINISHED.value,
-    ]
-    if share is not None:
-        spans = windows(int(work["n_jobs"]), share)
-        where.append(or_(*(jobs.c.idx.between(a, b) for a, b in spans)))
-    rows = conn.execute(select(jobs.c.idx, jobs.c.result).where(*where).order_by(jobs.c.idx))
-    return [(int(i), r) for i, r in rows if r is not None]
+    total = sum(int(w["n_jobs"]) for w in works) or 1
+    groups: dict[tuple[int, ...] | None, list[int]] = {}
+    for w in works:
+        key = None
+        if sampled:
+            share = max(5, MAX_POINTS * int(w["n_jobs"]) // total)
+            key = sample_indexes(int(w["n_jobs"]), share)
+        groups.setdefault(key, []).append(int(w["id"]))
+    out: dict[int, list[tuple[int, bytes]]] = {int(w["id"]): [] for w in works}
+    for key, work_ids in groups.items():
+        where: list[ColumnElement[bool]] = [
+            jobs.c.work_id.in_(work_ids),
+            jobs.c.state == JobState.FINISHED.value,
+        ]
+        if key is not None:
+            where.append(jobs.c.idx.in_(key))
+        rows = conn.execute(
+            select(jobs.c.work_id, jobs.c.idx, jobs.c.result)
+            .where(*where)
+            .order_by(jobs.c.work_id, jobs.c.idx)
+            .limit(len(work_ids) * len(key) if key is not None else MAX_POINTS)
+        )
+        for work_id, idx, result in rows:
+            if result is not None:
+                out[int(work_id)].append((int(idx), result))
+    return out
 
 
 def convergence(
@@ -138,30 +179,22 @@ def convergence(
         else:
             usable.append(w)
     out.sampled = sum(int(w["n_finished"]) for w in usable) > MAX_POINTS
-    total = sum(int(w["n_jobs"]) for w in usable) or 1
-    decoded: list[tuple[dict[str, Any], list[tuple[int, Any]]]] = []
-    for w in usable:
-        share = max(40, MAX_POINTS * int(w["n_jobs"]) // total) if out.sampled else None
-        values = []
-        for idx, blob in _results(conn, w, share):
-            try:
-                values.append((idx, orjson.loads(blob)))
-            except orjson.JSONDecodeError:
-                continue
-        for _idx, value in values[:50]:
-            for path in numeric_fields(value):
+    found = _results(conn, usable, out.sampled)
+    for w in usable:  # the fields on offer, from the first results of each work
+        for _idx, blob in found[int(w["id"])][:FIELD_PROBES]:
+            for path in numeric_fields(_loads(blob)):
                 if path not in out.fields:
                     out.fields.append(path)
-        decoded.append((w, values))
     if out.field is None and out.fields:
         out.field = out.fields[0]
     better = max if mode == "max" else min
     best_so_far: float | None = None
     x = 0
-    for w, values in decoded:
+    for w in usable:
         first_x = x + 1
         best_here: float | None = None
-        for idx, value in values:
+        for idx, blob in found[int(w["id"])]:
+            value = _loads(blob)
             number = _pick(value, out.field) if isinstance(value, dict) else _number(value)
             if number is None:
                 continue

@@ -30,9 +30,9 @@ NODE_W, NODE_H, GAP_X, GAP_Y, MARGIN, COLUMNS = 168, 60, 44, 26, 10, 5
 def workflow_edges(conn: Connection, workflow_id: int) -> list[tuple[int, int]]:
     """The edges between a workflow's works, as ``(from work id, to work id)``.
 
-    Today: submission order, each work after the one submitted before it (the workflow
-    function waits on a work's results before it submits the next one). Data-flow edges, a
-    work whose jobs take another work's outputs, are to be added here.
+    A work that takes inputs from other works (data-flow: ``each()``, ``all()``, a job handle)
+    gets an edge from each of them; a work without inputs gets an edge from the work submitted
+    just before it (the workflow function waited on that one before submitting it).
 
     Args:
         conn: an open connection.
@@ -41,13 +41,30 @@ def workflow_edges(conn: Connection, workflow_id: int) -> list[tuple[int, int]]:
     Returns:
         Edges between the workflow's first :data:`MAX_NODES` works, without repeats.
     """
-    ids = conn.execute(
-        select(q.works.c.id)
-        .where(q.works.c.workflow_id == workflow_id)
-        .order_by(q.works.c.seq)
-        .limit(MAX_NODES)
-    ).scalars()
-    return [(int(a), int(b)) for a, b in pairwise(ids)]
+    from tasklift.engine.dataflow import edges as data_edges
+
+    ids = [
+        int(i)
+        for i in conn.execute(
+            select(q.works.c.id)
+            .where(q.works.c.workflow_id == workflow_id)
+            .order_by(q.works.c.seq)
+            .limit(MAX_NODES)
+        ).scalars()
+    ]
+    known = set(ids)
+    data = {
+        (int(up), int(down))
+        for up, down in conn.execute(
+            select(data_edges.c.upstream_work_id, data_edges.c.work_id).where(
+                data_edges.c.work_id.in_(ids)
+            )
+        )
+        if int(up) in known
+    }
+    with_inputs = {down for _, down in data}
+    order = {(a, b) for a, b in pairwise(ids) if b not in with_inputs}
+    return sorted(data | order, key=lambda e: (ids.index(e[1]), ids.index(e[0])))
 
 
 def layout(nodes: Sequence[int], edges: Sequence[tuple[int, int]]) -> dict[int, tuple[int, int]]:
@@ -100,21 +117,26 @@ def _positions(
         depth[lay] = max(depth.get(lay, 0), slot + 1)
     n_layers = max(depth, default=0) + 1
     rows = (n_layers + COLUMNS - 1) // COLUMNS
-    row_top, y = [], float(MARGIN)
+    row_top, row_depth, y = [], [], float(MARGIN)
     for r in range(rows):
         row_top.append(y)
         tallest = max(
             (depth.get(lay, 1) for lay in range(r * COLUMNS, (r + 1) * COLUMNS)), default=1
         )
+        row_depth.append(tallest)
         y += tallest * (NODE_H + GAP_Y) + GAP_Y
     cols = min(COLUMNS, n_layers)
-    pos = {}
+    pos: dict[int, tuple[float, float]] = {}
     for node, (lay, slot) in places.items():
         r, c = divmod(lay, COLUMNS)
         if r % 2:
             c = cols - 1 - c
-        pos[node] = (MARGIN + c * (NODE_W + GAP_X), row_top[r] + slot * (NODE_H + GAP_Y))
-    width = 2 * MARGIN + cols * NODE_W + (cols - 1) * GAP_X
+        centred = (row_depth[r] - depth[lay]) * (NODE_H + GAP_Y) / 2  # layers centred
+        pos[node] = (
+            MARGIN + c * (NODE_W + GAP_X),
+            row_top[r] + centred + slot * (NODE_H + GAP_Y),
+        )
+    width = float(2 * MARGIN + cols * NODE_W + (cols - 1) * GAP_X)
     return pos, width, y - 2 * GAP_Y + MARGIN
 
 
@@ -170,7 +192,7 @@ def dag_svg(works: Sequence[dict[str, Any]], edges: Sequence[tuple[int, int]]) -
             f'<rect class="node" x="{x:.0f}" y="{y:.0f}" width="{NODE_W}" '
             f'height="{NODE_H}" rx="6"/>'
             f'<text class="node-name" x="{x + 10:.0f}" y="{y + 18:.0f}">'
-            f"{escape(_short(name, 22))}</text>"
+            f"{escape(_short(name, 19))}</text>"
             f'<text class="node-state" x="{x + 10:.0f}" y="{y + 35:.0f}">'
             f"{escape(STATUS_ICONS.get(status, '•'))} {escape(status)}</text>"
             f'<text class="node-counts" x="{x + 10:.0f}" y="{y + 51:.0f}">'

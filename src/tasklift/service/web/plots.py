@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from markupsafe import Markup, escape
 
@@ -24,12 +25,12 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     raw = (hi - lo) / max(1, n)
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.ceil(lo / step - 1e-9) * step
-    ticks = []
-    value = first
-    while value <= hi + step * 1e-9 and len(ticks) < 50:
-        ticks.append(0.0 if abs(value) < step * 1e-9 else value)
-        value += step
+    first = math.ceil(lo / step - 1e-9)
+    ticks: list[float] = []
+    i = first
+    while i * step <= hi + step * 1e-9 and len(ticks) < 50:
+        ticks.append(round(i * step, 12) + 0.0)
+        i += 1
     return ticks
 
 
@@ -192,8 +193,7 @@ def histogram_svg(
     return Markup("".join(out))
 
 
-@dataclass(frozen=True)
-class ConvergencePoint:
+class ConvergencePoint(NamedTuple):
     """One job's value: its position in the workflow, value and iteration (work)."""
 
     x: int
@@ -244,7 +244,7 @@ def convergence_svg(
             f'<circle class="pt it-{p.iteration % 2}" cx="{frame.x(p.x):.1f}" '
             f'cy="{frame.y(p.value):.1f}" r="2.6"><title>{escape(tip)}</title></circle>'
         )
-    path = []
+    path: list[str] = []
     for first, last, value in best:
         py = frame.y(value)
         cmd = "M" if not path else "L"

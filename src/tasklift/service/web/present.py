@@ -27,13 +27,21 @@ MAX_SHOWN = 20_000
 _NOTHING = object()
 
 
+OPTION_KEYS = ("serializer", "backend", "init_env", "retries", "timeout", "min_success", "kind")
+"""Work options the pages show; each is present (``None`` when the work did not store it)."""
+
+
 def options_of(work: dict[str, Any]) -> dict[str, Any]:
-    """A work's options (``serializer``, ``retries``, ...) as a dict."""
+    """A work's options (``serializer``, ``retries``, ...) as a dict with every shown key."""
     try:
         options = json.loads(work.get("options") or "{}")
     except ValueError:
-        return {}
-    return options if isinstance(options, dict) else {}
+        options = {}
+    if not isinstance(options, dict):
+        options = {}
+    options = {**dict.fromkeys(OPTION_KEYS), **options}
+    options["serializer"] = options["serializer"] or "json"
+    return options
 
 
 def decode_json(blob: bytes | None, serializer: str = "json") -> Any:

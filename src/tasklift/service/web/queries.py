@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, desc, func, or_, select
+from sqlalchemy import ColumnElement, Connection, bindparam, desc, func, select
 
 from tasklift.db import queries as q
 from tasklift.service.principal import Principal
@@ -261,6 +261,7 @@ def jobs_on_page(conn: Connection, work_id: int, page: int, size: int) -> list[d
         select(*JOB_COLUMNS)
         .where(jobs.c.work_id == work_id, jobs.c.idx >= start, jobs.c.idx < start + size)
         .order_by(jobs.c.idx)
+        .limit(size)  # steers PostgreSQL to an ordered index scan (its row estimate is poor)
     ).mappings()
     return [dict(r) for r in rows]
 
@@ -311,23 +312,33 @@ def windows(n: int, limit: int, n_windows: int = 40) -> list[tuple[int, int]]:
 
 
 def duration_sample(
-    conn: Connection, work_id: int, n_jobs: int, limit: int = 2000
+    conn: Connection, work_id: int, n_jobs: int, limit: int = 1000
 ) -> tuple[list[float], bool]:
-    """Run times of the work's ended jobs: all of them, or a sample of about ``limit``.
+    """Run times of the work's ended jobs: all of them, or an even sample of about ``limit``.
+
+    A sample is read as 20 short ranges of ``idx``, one small ordered index scan each, which
+    keeps the plan (and the time) the same whatever the database's statistics say.
 
     Returns:
         The durations in seconds and whether they are a sample (large works).
     """
-    where: list[ColumnElement[bool]] = [
-        jobs.c.work_id == work_id,
-        jobs.c.started_at.is_not(None),
-        jobs.c.finished_at.is_not(None),
-    ]
-    sampled = n_jobs > limit
-    if sampled:
-        where.append(or_(*(jobs.c.idx.between(a, b) for a, b in windows(n_jobs, limit))))
-    rows = conn.execute(select(jobs.c.finished_at - jobs.c.started_at).where(*where))
-    return [max(0.0, float(r[0])) for r in rows], sampled
+    stmt = (
+        select(jobs.c.finished_at - jobs.c.started_at)
+        .where(
+            jobs.c.work_id == work_id,
+            jobs.c.idx.between(bindparam("first"), bindparam("last")),
+            jobs.c.started_at.is_not(None),
+            jobs.c.finished_at.is_not(None),
+        )
+        .order_by(jobs.c.idx)
+        .limit(bindparam("size"))
+    )
+    spans = windows(n_jobs, limit, n_windows=20)
+    out: list[float] = []
+    for first, last in spans:
+        rows = conn.execute(stmt, {"first": first, "last": last, "size": last - first + 1})
+        out.extend(max(0.0, float(r[0])) for r in rows)
+    return out, n_jobs > limit
 
 
 def attempts_of(conn: Connection, job_id: int) -> list[dict[str, Any]]:
