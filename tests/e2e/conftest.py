@@ -69,7 +69,7 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium: Path) -> Iterator[Any]:
     """One headless chromium for the whole session."""
     try:
@@ -85,7 +85,7 @@ def browser(chromium: Path) -> Iterator[Any]:
         instance.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A `tasklift server` on a SQLite file, shared by the browser tests."""
     helpers = _service_fixtures()
