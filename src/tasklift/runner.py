@@ -364,8 +364,33 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] == ["worker"]:
         worker_main()
         return 0
-    print("usage: python -m tasklift.runner worker", file=sys.stderr)
+    if args[:1] in (["job"], ["flush-spool"]):
+        return _remote_main(args)
+    print(
+        "usage: python -m tasklift.runner worker | job --batch-dir DIR [--index I] | flush-spool",
+        file=sys.stderr,
+    )
     return 2
+
+
+def _remote_main(args: list[str]) -> int:
+    """The remote job runner's commands (see :mod:`tasklift.jobrunner`)."""
+    import argparse
+
+    from tasklift import jobrunner
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s tasklift %(levelname)s %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m tasklift.runner")
+    sub = parser.add_subparsers(dest="command", required=True)
+    job = sub.add_parser("job", help="run one job of a batch directory (a Slurm array element)")
+    job.add_argument("--batch-dir", required=True)
+    job.add_argument("--index", type=int, default=None, help="default: $SLURM_ARRAY_TASK_ID")
+    sub.add_parser("flush-spool", help="deliver outcomes spooled while the service was away")
+    ns = parser.parse_args(args)
+    if ns.command == "flush-spool":
+        print(f"{jobrunner.flush_spool(deadline_seconds=30.0)} spooled outcomes delivered")
+        return 0
+    return jobrunner.batch_main(ns.batch_dir, ns.index)
 
 
 if __name__ == "__main__":

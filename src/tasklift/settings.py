@@ -82,6 +82,20 @@ class Settings(BaseSettings):
     """Claim that names the user (e.g. ``preferred_username``)."""
     admins: list[str] = Field(default_factory=list)
     """Users (OIDC or token) that are admins."""
+    backends: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Named backends (``[backends.gpu] type = "slurm"`` plus the backend's arguments);
+    ``@work(queue="gpu")`` and ``backend="gpu"`` pick one by name."""
+    public_url: str | None = None
+    """The URL remote job runners (Dask workers, Slurm jobs) use to reach this service."""
+    job_api_host: str | None = None
+    """Embedded engine: the address its job API for remote runners binds to (default: all
+    interfaces, advertised under this host's name)."""
+    monitor_interval: float = Field(default=2.0, gt=0)
+    """Seconds between the monitor's checks of remote jobs (heartbeats, timeouts, lost jobs)."""
+    heartbeat_interval: float = Field(default=10.0, gt=0)
+    """Seconds between a remote job runner's heartbeats."""
+    heartbeat_timeout: float = Field(default=60.0, gt=0)
+    """A remote job whose heartbeat stops for this long is lost (retried or failed)."""
 
     @field_validator("workers")
     @classmethod

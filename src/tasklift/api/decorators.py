@@ -7,10 +7,15 @@ import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from tasklift import _context
+from tasklift.backends.command import container_init_env
+from tasklift.backends.registry import backend_choice
 from tasklift.errors import SubmissionError
+
+if TYPE_CHECKING:
+    from tasklift.backends.base import Backend
 
 __all__ = ["UNSET", "WorkFunction", "WorkflowFunction", "work", "workflow"]
 
@@ -32,6 +37,10 @@ class WorkFunction:
     Call-time keywords: ``group_kwargs=[...]`` (alias ``multi_jobs_kwargs_list``) makes one job
     per element; ``workflow=`` names the workflow explicitly; ``return_work=`` overrides the
     decorator's choice.
+
+    ``container="docker://python:3.11"`` runs the work's job runners in that image through
+    apptainer or singularity (after ``init_env``'s commands, if both are given); see
+    :mod:`tasklift.backends.command`.
     """
 
     def __init__(
@@ -42,10 +51,12 @@ class WorkFunction:
         name: str | None = None,
         pre_kwargs: Mapping[str, Any] | None = None,
         init_env: str | None = None,
+        container: str | None = None,
         retries: int = 2,
         timeout: float | None = None,
         resources: Mapping[str, Any] | None = None,
-        backend: str | None = None,
+        backend: str | Backend | None = None,
+        queue: str | None = None,
         return_work: bool = False,
         min_success: float = 1.0,
         serializer: str = "json",
@@ -69,11 +80,11 @@ class WorkFunction:
         self.map_results = map_results
         self.name = name or func.__name__
         self.pre_kwargs = dict(pre_kwargs or {})
-        self.init_env = init_env
+        self.init_env = container_init_env(container, init_env)
         self.retries = retries
         self.timeout = timeout
         self.resources = dict(resources or {})
-        self.backend = backend
+        self.backend, self.backend_object = backend_choice(backend, queue)
         self.return_work = return_work
         self.min_success = min_success
         self.serializer = serializer
@@ -197,10 +208,17 @@ class WorkflowFunction:
     """A ``@workflow`` function: calling it runs ``Workflow(func=f, ...).run(...)``."""
 
     def __init__(self, func: Callable[..., Any], **options: Any) -> None:
-        allowed = {"name", "init_env", "source_dir", "exclude", "backend", "service", "fresh"}
+        allowed = {
+            *("name", "init_env", "container", "source_dir", "exclude"),
+            *("backend", "service", "fresh"),
+        }
         unknown = set(options) - allowed
         if unknown:
             raise TypeError(f"@workflow got unknown options {sorted(unknown)}")
+        if "container" in options:  # fold into init_env, so sub-workflows get it too
+            options["init_env"] = container_init_env(
+                options.pop("container"), options.get("init_env")
+            )
         self.func = func
         self.options = options
         functools.update_wrapper(self, func)

@@ -19,11 +19,14 @@ import orjson
 from tasklift import _context
 from tasklift.api.decorators import WorkflowFunction, defining_file
 from tasklift.archive import pack_source
+from tasklift.backends.command import container_init_env
+from tasklift.backends.registry import backend_choice, register_backend
 from tasklift.errors import ConfigError, SerializationError, SubmissionError
 from tasklift.serializers import get_serializer
 from tasklift.states import WorkflowState
 
 if TYPE_CHECKING:
+    from tasklift.backends.base import Backend
     from tasklift.engine.core import Engine
     from tasklift.settings import Settings
 
@@ -267,6 +270,8 @@ class Workflow:
             defines ``func``.
         exclude: extra gitignore-style patterns left out of the archive.
         init_env: command prefix (and ``;``-separated set-up) for job runners.
+        container: run job runners in this apptainer/singularity image
+            (``"docker://python:3.11"``, ``"base.sif"``), after ``init_env``'s commands.
         backend: where jobs run (``"local"``).
         fresh: do not reuse finished jobs of earlier identical runs.
         bus: result bus URL for the embedded engine (``stomp://...``); default in-process.
@@ -283,12 +288,13 @@ class Workflow:
         source_dir: str | os.PathLike[str] | None = None,
         exclude: Sequence[str] = (),
         init_env: str | None = None,
-        backend: str | None = None,
+        backend: str | Backend | None = None,
         fresh: bool = False,
         *,
         remote: bool = False,
         bus: str | None = None,
         settings: Settings | None = None,
+        container: str | None = None,
     ) -> None:
         if isinstance(func, WorkflowFunction):
             options = func.options
@@ -312,8 +318,14 @@ class Workflow:
             raise ConfigError(f"service must be 'local' or an http(s):// URL, got {self.service!r}")
         self.name = name or getattr(func, "__name__", "workflow")
         self.exclude = tuple(exclude)
-        self.init_env = init_env
-        self.backend = backend or "local"
+        self.init_env = container_init_env(container, init_env)
+        backend_name, self._backend_object = backend_choice(backend)
+        self.backend = backend_name or "local"
+        if remote and self._backend_object is not None:
+            raise ConfigError(
+                "a remote workflow runs on the server: name a backend configured there "
+                "(backend='gpu'), not a backend object"
+            )
         self.fresh = fresh
         self.remote = remote
         if remote and self.service == "local":
@@ -408,6 +420,8 @@ class Workflow:
         if _context.current_workflow.get() is not None:
             return self.func(*args, **kwargs)  # nested call: part of the running workflow
         engine = connect(self.service, self.settings)
+        if self._backend_object is not None:
+            register_backend(engine, self.backend, self._backend_object)
         source_dir = self.source_dir
         packed = pack_source(
             source_dir, exclude=self.exclude, max_bytes=self.settings.archive_max_bytes

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from tasklift.api.decorators import UNSET, WorkFunction, defining_file
 from tasklift.api.results import Work
+from tasklift.backends.registry import register_backend
 from tasklift.engine.specs import WorkSpec
 from tasklift.errors import SerializationError, SubmissionError
 from tasklift.keys import canonical_json
@@ -260,6 +261,8 @@ def submit_work(
         raise SubmissionError(f"work {fn.name!r}: {exc}") from exc
     function, script = function_location(fn, run.source_dir)
     backend = fn.backend or run.backend
+    if fn.backend_object is not None:
+        register_backend(run.engine, fn.backend, fn.backend_object)
     init_env = fn.init_env if fn.init_env is not None else run.init_env
     spec = WorkSpec(
         work_id=0,

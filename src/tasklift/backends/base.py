@@ -46,6 +46,10 @@ class Backend(ABC):
     name: ClassVar[str] = "backend"
     handles_outlive_engine: ClassVar[bool] = True
     """Handles name jobs that survive an engine restart (stored at dispatch)."""
+    runs_remotely: ClassVar[bool] = False
+    """Job runners live outside the engine's process and report over the job API: the engine
+    fills every ``JobSpec.token`` and sets ``WorkSpec.service_url`` to the job API's URL, and
+    its monitor polls the handles (lost jobs), heartbeats and timeouts."""
 
     def start(self, sink: OutcomeSink) -> None:  # noqa: B027 - optional hook
         """Start the backend; outcomes and lost jobs go to ``sink``."""
@@ -65,6 +69,10 @@ class Backend(ABC):
     @abstractmethod
     def cancel(self, handles: Sequence[str]) -> None:
         """Stop the jobs behind ``handles``, queued or running."""
+
+    def lost_reason(self, handle: str) -> str | None:
+        """A one-line reason for a handle ``poll`` reported ``LOST`` (``None``: unknown)."""
+        return None
 
     def free_slots(self, work: WorkSpec) -> int:
         """How many more jobs of ``work`` the backend wants now (own queue: many)."""

@@ -14,7 +14,6 @@ import math
 import os
 import pickle
 import selectors
-import shlex
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from tasklift.backends.base import Backend, OutcomeSink
+from tasklift.backends.command import runner_command
 from tasklift.engine.specs import JobSpec, Outcome, WorkSpec
 from tasklift.errors import BackendError
 from tasklift.framing import HEADER, encode_frame
@@ -54,14 +54,7 @@ def worker_command(python: str, init_env: str | None) -> list[str]:
     ``init_env`` is a command prefix, optionally preceded by set-up commands separated by
     ``;`` (as in iDDS): ``"source setup.sh; apptainer exec base.sif"``.
     """
-    runner = [python, "-m", "tasklift.runner", "worker"]
-    if not init_env or not init_env.strip():
-        return runner
-    parts = [part.strip() for part in init_env.split(";")]
-    prefix = parts[-1]
-    setup = [part for part in parts[:-1] if part]
-    script = "; ".join([*setup, f"exec {prefix} {shlex.join(runner)}".replace("exec  ", "exec ")])
-    return ["/bin/bash", "-c", script]
+    return runner_command(python, init_env, ["worker"])
 
 
 @dataclass

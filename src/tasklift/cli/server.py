@@ -47,6 +47,10 @@ def server_command(
         overrides["workers"] = workers
     if bus_url:
         overrides["bus"] = bus_url
+    if not settings.public_url:  # where remote job runners (Dask, Slurm) reach this server
+        from tasklift.service.job_api import advertised_host
+
+        overrides["public_url"] = f"http://{advertised_host(host)}:{port}"
     settings = settings.with_overrides(**overrides)
     check_schema(settings)  # refuses an out-of-date schema before binding the port
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Engine as DBEngine
@@ -28,6 +28,7 @@ from tasklift.bus.base import Bus, work_destination
 from tasklift.db import queries as q
 from tasklift.db.session import create_db_engine, upgrade
 from tasklift.engine import dataflow
+from tasklift.engine.monitor import Monitor, RemoteJob
 from tasklift.engine.specs import JobSpec, Outcome, WorkSpec
 from tasklift.engine.state import decide, work_state
 from tasklift.errors import BackendError, ConfigError, NotFoundError
@@ -83,6 +84,7 @@ class Engine:
         backend_factory: Callable[[str], Backend] | None = None,
         auto_upgrade: bool = True,
         resume: bool = False,
+        defer_start: bool = False,
     ) -> None:
         self.settings = settings
         self.db: DBEngine = create_db_engine(settings.database_url)
@@ -114,26 +116,52 @@ class Engine:
             )[:64]
         )
         self.job_token_issuer: Callable[[WorkSpec, JobSpec], str] | None = None
-        """Set by the service: makes the job token of a remote workflow's runner job."""
+        """Set by the service: makes the job token of a job whose runner calls the job API."""
+        self.job_api_url: str | None = None
+        """Where remote job runners reach the job API (the server's URL; else the engine serves
+        one itself when a remote backend first needs it)."""
+        self._job_api: Any = None
+        self._remote: dict[int, RemoteJob] = {}  # job -> attempt handed to a remote backend
+        self.monitor = Monitor(self)
         self.result_latency_observer: Callable[[float], None] | None = None
         """Set by the service: sees seconds from a job's end to its result's commit."""
         self.settings.archive_dir.mkdir(parents=True, exist_ok=True)
         self.settings.cache_dir.mkdir(parents=True, exist_ok=True)
         self._recover_orphans()
-        if resume:
-            self._resume_running_works()
-            self._scanner = threading.Thread(
-                target=self._scan_loop, name="tasklift-engine-scan", daemon=True
-            )
-            self._scanner.start()
+        self._resume = resume
+        if resume and not defer_start:
+            self.start()
+
+    def start(self) -> None:
+        """Resume running works and start scanning for others' (a server engine).
+
+        The server calls this itself (``defer_start=True``) once it has set
+        ``job_token_issuer`` and ``job_api_url``, so adopted remote jobs use them.
+        """
+        if not self._resume or self._scanner is not None:
+            return
+        self._resume_running_works()
+        self._scanner = threading.Thread(
+            target=self._scan_loop, name="tasklift-engine-scan", daemon=True
+        )
+        self._scanner.start()
 
     # ------------------------------------------------------------------ backends
     def _default_backend(self, name: str) -> Backend:
-        if name == "local":
-            from tasklift.backends.local import LocalBackend
+        from tasklift.backends.registry import backend_from_settings
 
-            return LocalBackend(workers=self.settings.workers, python=self.settings.job_python)
-        raise ConfigError(f"unknown backend {name!r}; known: local")
+        return backend_from_settings(name, self.settings)
+
+    def add_backend(self, name: str, backend: Backend) -> None:
+        """Register a backend object under ``name`` (``Workflow(backend=DaskBackend(...))``)."""
+        with self._lock:
+            known = self._backends.get(name)
+            if known is backend:
+                return
+            if known is not None:
+                raise ConfigError(f"another backend is registered as {name!r}")
+            backend.start(self)
+            self._backends[name] = backend
 
     def backend(self, name: str) -> Backend:
         """Return the started backend called ``name``."""
@@ -434,13 +462,14 @@ class Engine:
                 batch = [j for j in batch if j.job_id in claimed]
                 if not batch:
                     continue
-            if live.spec.kind == "workflow" and self.job_token_issuer is not None:
-                batch = [
-                    JobSpec(j.job_id, j.attempt, j.payload, self.job_token_issuer(live.spec, j))
-                    for j in batch
-                ]
+            spec = live.spec
+            if backend.runs_remotely:
+                spec = self._remote_spec(live)
+            if (spec.kind == "workflow" or backend.runs_remotely) and self.job_token_issuer:
+                issue = self.job_token_issuer
+                batch = [JobSpec(j.job_id, j.attempt, j.payload, issue(spec, j)) for j in batch]
             try:
-                handles = backend.submit(live.spec, batch)
+                handles = backend.submit(spec, batch)
             except BackendError as exc:
                 logger.error(
                     "backend %s refused jobs of %s: %s", live.spec.backend, live.spec.name, exc
@@ -453,6 +482,39 @@ class Engine:
             for job, handle in zip(batch, handles, strict=True):
                 self._active[job.job_id] = (live.spec.work_id, job.attempt, job.payload)
                 self._handles[job.job_id] = handle
+            if backend.runs_remotely:
+                now = time.time()
+                for job, handle in zip(batch, handles, strict=True):
+                    self._remote[job.job_id] = RemoteJob(
+                        job.job_id, job.attempt, handle, spec.backend, spec.timeout, now
+                    )
+                self.monitor.start()
+
+    def _remote_spec(self, live: _Live) -> WorkSpec:
+        """The work's spec as remote runners get it: with the job API's URL (started on
+        first use when no server provides one)."""
+        if self.job_api_url is None or self.job_token_issuer is None:
+            from tasklift.service.job_api import JobAPIServer
+
+            api = JobAPIServer(self, self.settings)
+            self.job_api_url = api.start()
+            self.job_token_issuer = api.issuer
+            self._job_api = api
+        if live.spec.service_url != self.job_api_url:
+            live.spec = replace(live.spec, service_url=self.job_api_url)
+        return live.spec
+
+    def remote_jobs(self) -> list[RemoteJob]:
+        """Attempts handed to remote backends and not yet reported (for the monitor)."""
+        with self._lock:
+            gone = [
+                job_id
+                for job_id, job in self._remote.items()
+                if not self.is_active(job_id, job.attempt)
+            ]
+            for job_id in gone:
+                del self._remote[job_id]
+            return list(self._remote.values())
 
     def _take(self, live: _Live, room: int) -> list[JobSpec]:
         batch: list[JobSpec] = []
@@ -712,16 +774,32 @@ class Engine:
                 .mappings()
                 .all()
             )
+            adopted: dict[int, list[Any]] = {}
             for row in rows:
+                mine = (
+                    q.jobs.c.work_id == row["id"],
+                    q.jobs.c.state.in_(active),
+                    q.jobs.c.claimed_by == self.engine_id,
+                )
+                if self._runners_outlive_engine(row):
+                    # still running on the batch system: watch them again, do not rerun them
+                    adopted[row["id"]] = list(
+                        conn.execute(
+                            select(
+                                q.jobs.c.id,
+                                q.jobs.c.idx,
+                                q.jobs.c.attempts,
+                                q.jobs.c.payload,
+                                q.jobs.c.backend_handle,
+                            ).where(*mine, q.jobs.c.backend_handle.is_not(None))
+                        )
+                    )
+                    mine = (*mine, q.jobs.c.backend_handle.is_(None))
                 # handed out by this engine before it restarted, never reported back: not the
                 # job's fault. Jobs other engines hold are theirs.
                 conn.execute(
                     q.jobs.update()
-                    .where(
-                        q.jobs.c.work_id == row["id"],
-                        q.jobs.c.state.in_(active),
-                        q.jobs.c.claimed_by == self.engine_id,
-                    )
+                    .where(*mine)
                     .values(state=JobState.PENDING.value, attempts=q.jobs.c.attempts - 1)
                 )
         for row in rows:
@@ -729,10 +807,39 @@ class Engine:
             live.page_after = -1
             with self._lock:
                 self._live[row["id"]] = live
+                self._adopt(live, adopted.get(row["id"], []))
             logger.info("resumed work %s (id %d)", row["name"], row["id"])
         if rows:
             with self._lock:
                 self._dispatch()
+
+    def _runners_outlive_engine(self, row: Any) -> bool:
+        """True when the work's backend runs jobs that survive this engine (e.g. Slurm)."""
+        name = json.loads(row["options"]).get("backend") or "local"
+        try:
+            return self.backend(name).handles_outlive_engine
+        except (ConfigError, BackendError) as exc:
+            logger.error("work %d: backend %s unavailable after restart: %s", row["id"], name, exc)
+            return False
+
+    def _adopt(self, live: _Live, jobs: list[Any]) -> None:
+        """Take back jobs that kept running on the backend while the engine was away."""
+        if not jobs:
+            return
+        backend = self.backend(live.spec.backend)
+        spec = self._remote_spec(live) if backend.runs_remotely else live.spec
+        for job_id, idx, attempts, payload, handle in jobs:
+            attempt = max(1, int(attempts))
+            self._active[job_id] = (spec.work_id, attempt, payload)
+            self._handles[job_id] = handle
+            live.idx_of[job_id] = idx
+            if backend.runs_remotely:
+                self._remote[job_id] = RemoteJob(
+                    job_id, attempt, handle, spec.backend, spec.timeout, 0.0
+                )
+        if backend.runs_remotely:
+            self.monitor.start()
+        logger.info("work %s: %d running jobs adopted from the backend", spec.name, len(jobs))
 
     def _scan_loop(self) -> None:
         """Pick up running works that other engines (or servers) created; drop ended ones."""
@@ -864,8 +971,11 @@ class Engine:
                 return
             self._closed = True
             backends = list(self._backends.values())
+        self.monitor.close()
         for backend in backends:
             backend.close()
+        if self._job_api is not None:
+            self._job_api.close()
         self.bus.close()
         self.db.dispose()
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,7 +28,7 @@ from tasklift.errors import (
 )
 from tasklift.settings import Settings
 
-__all__ = ["SchemaOutOfDateError", "check_schema", "create_app"]
+__all__ = ["SchemaOutOfDateError", "check_schema", "create_app", "install_error_handlers"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,20 +64,6 @@ def check_schema(settings: Settings) -> None:
         )
 
 
-def _owner(engine: Any, workflow_id: int) -> str:
-    from sqlalchemy import select
-
-    from tasklift.db import queries as q
-
-    with engine.db.connect() as conn:
-        owner = conn.execute(
-            select(q.workflows.c.owner).where(q.workflows.c.id == workflow_id)
-        ).scalar()
-    if owner is None:
-        raise ConfigError(f"workflow {workflow_id} vanished before its runner started")
-    return str(owner)
-
-
 def _error_response(exc: TaskliftError) -> JSONResponse:
     status = 500
     for cls, code in _STATUS:
@@ -89,36 +74,8 @@ def _error_response(exc: TaskliftError) -> JSONResponse:
     return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status, headers=headers)
 
 
-def create_app(settings: Settings, *, start_engine: bool = True) -> FastAPI:
-    """Build the app; the engine starts with the app's lifespan."""
-    from tasklift.engine.core import Engine
-    from tasklift.service import web
-    from tasklift.service.auth import Authenticator
-    from tasklift.service.limits import BodyLimit
-    from tasklift.service.metrics import ServiceMetrics
-    from tasklift.service.routes import archives, jobs, system, workflows, works
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        check_schema(settings)
-        engine = Engine(settings, auto_upgrade=False, resume=start_engine)
-        app.state.engine = engine
-        auth = Authenticator(db=engine.db, settings=settings)
-        app.state.auth = auth
-        engine.job_token_issuer = lambda spec, _job: auth.issue_job_token(
-            user=_owner(engine, spec.workflow_id), workflow_id=spec.workflow_id
-        )
-        engine.result_latency_observer = metrics.observe_result_latency
-        logger.info("tasklift server on %s", mask_url(settings.database_url))
-        try:
-            yield
-        finally:
-            engine.close()
-
-    app = FastAPI(title="tasklift", version="1", lifespan=lifespan)
-    app.state.settings = settings
-    metrics = ServiceMetrics()
-    app.state.metrics = metrics
+def install_error_handlers(app: FastAPI) -> None:
+    """Map tasklift errors, unstorable values and invalid requests to JSON error answers."""
 
     @app.exception_handler(TaskliftError)
     async def _tasklift_error(_request: Request, exc: TaskliftError) -> JSONResponse:
@@ -139,6 +96,41 @@ def create_app(settings: Settings, *, start_engine: bool = True) -> FastAPI:
             for e in exc.errors()
         ]
         return JSONResponse({"detail": detail, "error": "ValidationError"}, 422)
+
+
+def create_app(settings: Settings, *, start_engine: bool = True) -> FastAPI:
+    """Build the app; the engine starts with the app's lifespan."""
+    from tasklift.engine.core import Engine
+    from tasklift.service import web
+    from tasklift.service.auth import Authenticator
+    from tasklift.service.job_api import job_token_issuer
+    from tasklift.service.limits import BodyLimit
+    from tasklift.service.metrics import ServiceMetrics
+    from tasklift.service.routes import archives, jobs, system, workflows, works
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        check_schema(settings)
+        engine = Engine(settings, auto_upgrade=False, resume=start_engine, defer_start=True)
+        app.state.engine = engine
+        auth = Authenticator(db=engine.db, settings=settings)
+        app.state.auth = auth
+        engine.job_token_issuer = job_token_issuer(auth, engine)
+        engine.job_api_url = settings.public_url
+        engine.start()
+        engine.result_latency_observer = metrics.observe_result_latency
+        logger.info("tasklift server on %s", mask_url(settings.database_url))
+        try:
+            yield
+        finally:
+            engine.close()
+
+    app = FastAPI(title="tasklift", version="1", lifespan=lifespan)
+    app.state.settings = settings
+    metrics = ServiceMetrics()
+    app.state.metrics = metrics
+
+    install_error_handlers(app)
 
     app.add_middleware(
         BodyLimit,

@@ -256,6 +256,8 @@ class JobSpecPublic(BaseModel):
     """Serialized ``{"args", "kwargs"}``, base64, with inputs from upstream jobs filled in."""
     when: str | None = None
     when_arg: str | None = None
+    heartbeat_interval: float = 10.0
+    """Seconds between the runner's heartbeats (the monitor's timeout is several of these)."""
 
 
 class OutcomeIn(_Body):

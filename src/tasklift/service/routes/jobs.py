@@ -1,4 +1,5 @@
-"""Routes: jobs (get one, its logs)."""
+"""Routes: jobs (get one, its logs) and the job API of remote job runners (spec, heartbeat,
+outcome), which only the job's own token may call."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import time
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from sqlalchemy import select, update
 
 from tasklift.db import queries as q
@@ -86,13 +87,24 @@ def get_spec(job_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> JobS
         payload=base64.b64encode(spec.payload).decode(),
         when=base64.b64encode(work["when_predicate"]).decode() if work["when_predicate"] else None,
         when_arg=options.get("when_arg"),
+        heartbeat_interval=engine.settings.heartbeat_interval,
     )
 
 
 @router.post("/{job_id}/heartbeat", status_code=204)
-def heartbeat(job_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> None:
-    """The runner of this job is alive."""
+def heartbeat(
+    job_id: IdPath,
+    engine: EngineDep,
+    principal: PrincipalDep,
+    attempt: int | None = Query(default=None, ge=1, le=1000),
+) -> None:
+    """The runner of this job is alive (409: this attempt is no longer wanted: stop)."""
     _own_job(engine, principal, job_id)
+    if attempt is not None and not engine.is_active(job_id, attempt):
+        raise ConflictError(
+            f"job {job_id} attempt {attempt} is not running here (cancelled, timed out, lost, "
+            "or superseded by a retry)"
+        )
     with engine.db.begin() as conn:
         conn.execute(update(q.jobs).where(q.jobs.c.id == job_id).values(heartbeat_at=time.time()))
 

@@ -1,0 +1,118 @@
+"""Backends by name: ``local``, ``dask``, ``slurm``, and the ones configured in settings.
+
+``tasklift.toml`` (or ``TASKLIFT_BACKENDS`` as JSON) names backends; a queue is such a name::
+
+    [backends.gpu]
+    type = "slurm"
+    partition = "gpu"
+    max_running = 50
+
+    [backends.cluster]
+    type = "dask"
+    address = "tcp://scheduler:8786"
+
+``@work(queue="gpu")`` (or ``backend="gpu"``) then runs on the first. A backend object passed
+to ``Workflow(backend=...)`` or ``@work(backend=...)`` is registered under :func:`object_name`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tasklift.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tasklift.backends.base import Backend
+    from tasklift.settings import Settings
+
+__all__ = ["KINDS", "backend_choice", "backend_from_settings", "object_name", "register_backend"]
+
+KINDS = ("local", "dask", "slurm")
+
+
+def _class(kind: str) -> type[Backend]:
+    if kind == "local":
+        from tasklift.backends.local import LocalBackend
+
+        return LocalBackend
+    if kind == "dask":
+        from tasklift.backends.dask import DaskBackend
+
+        return DaskBackend
+    if kind == "slurm":
+        from tasklift.backends.slurm import SlurmBackend
+
+        return SlurmBackend
+    raise ConfigError(f"unknown backend type {kind!r}; known: {', '.join(KINDS)}")
+
+
+def backend_from_settings(name: str, settings: Settings) -> Backend:
+    """Build the backend called ``name`` (a built-in kind or a configured name).
+
+    Raises:
+        ConfigError: an unknown name, an unknown type, or arguments the backend refuses.
+    """
+    config: dict[str, Any] | None = settings.backends.get(name)
+    if config is None:
+        if name not in KINDS:
+            known = sorted({*KINDS, *settings.backends})
+            raise ConfigError(
+                f"unknown backend or queue {name!r}; known: {', '.join(known)} "
+                "(configure more under [backends.NAME] in tasklift.toml)"
+            )
+        config = {"type": name}
+    params = dict(config)
+    kind = params.pop("type", None)
+    if not isinstance(kind, str):
+        raise ConfigError(f"backend {name!r} needs a type ({', '.join(KINDS)})")
+    cls = _class(kind)
+    if kind == "local":
+        params.setdefault("workers", settings.workers)
+        params.setdefault("python", settings.job_python)
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise ConfigError(f"backend {name!r} ({kind}): {exc}") from exc
+
+
+def object_name(backend: Backend) -> str:
+    """The name a backend object is registered under with the embedded engine."""
+    return f"{backend.name}-{id(backend):x}"
+
+
+def backend_choice(
+    backend: str | Backend | None, queue: str | None = None
+) -> tuple[str | None, Backend | None]:
+    """Split a user's ``backend=``/``queue=`` into a name and, for an object, the object.
+
+    Raises:
+        ConfigError: both given, or a value that is neither a name nor a backend.
+    """
+    from tasklift.backends.base import Backend
+
+    if queue is not None:
+        if backend is not None:
+            raise ConfigError("give backend= or queue=, not both (a queue names a backend)")
+        backend = queue
+    if backend is None:
+        return None, None
+    if isinstance(backend, Backend):
+        return object_name(backend), backend
+    if not isinstance(backend, str) or not backend.strip():
+        raise ConfigError(f"backend must be a name or a Backend object, got {backend!r}")
+    return backend.strip(), None
+
+
+def register_backend(engine: Any, name: str, backend: Backend) -> None:
+    """Make a backend object known to the engine that runs the jobs (embedded only).
+
+    Raises:
+        ConfigError: the engine is a remote service (objects cannot travel there).
+    """
+    add = getattr(engine, "add_backend", None)
+    if add is None:
+        raise ConfigError(
+            "a backend object runs only with the embedded engine (service='local'); on a "
+            "server, configure it under a name ([backends.NAME] in tasklift.toml) and pass that"
+        )
+    add(name, backend)

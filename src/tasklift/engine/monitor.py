@@ -1,0 +1,203 @@
+"""The monitor: nobody waits forever for a job whose runner is gone.
+
+For jobs of backends whose runners live elsewhere (``Backend.runs_remotely``: Dask, Slurm), it
+checks every ``settings.monitor_interval`` seconds:
+
+- what the backend says (``poll``): a job the backend lost (worker killed, node failure, time
+  limit, preemption), or whose runner ended without reporting, becomes a ``JobLost`` failure;
+- heartbeats: a started job silent for ``settings.heartbeat_timeout`` seconds is lost;
+- per-job timeouts: a job running longer than its work's ``timeout`` is cancelled on the
+  backend and fails with ``Timeout`` (the local backend's workers enforce theirs themselves).
+
+Each becomes an ordinary outcome through :meth:`Engine.record_outcomes`: stored, retried while
+attempts remain, else published as the job's failure with the reason in its message.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from tasklift.db import queries as q
+from tasklift.engine.specs import Outcome
+from tasklift.errors import BackendError
+from tasklift.states import JobState
+
+if TYPE_CHECKING:
+    from tasklift.engine.core import Engine
+
+__all__ = ["Monitor", "RemoteJob"]
+
+logger = logging.getLogger(__name__)
+
+TIMEOUT_GRACE = 1.0
+"""Seconds past a job's timeout before the monitor cancels it (the runner may be reporting)."""
+QUERY_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class RemoteJob:
+    """An attempt handed to a remote backend and not yet reported."""
+
+    job_id: int
+    attempt: int
+    handle: str
+    backend: str
+    timeout: float | None
+    dispatched_at: float
+
+
+class Monitor:
+    """Watches the remote jobs of one engine from a background thread."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        settings = engine.settings
+        self.interval = settings.monitor_interval
+        self.heartbeat_timeout = settings.heartbeat_timeout
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started: dict[tuple[int, int], float] = {}  # first heartbeat seen
+        self._ended_at: dict[tuple[int, int], float] = {}  # backend says ended, no outcome yet
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start watching (idempotent)."""
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(
+                target=self._loop, name="tasklift-monitor", daemon=True
+            )
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop watching."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self.interval + 30)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.check_once()
+            except Exception:  # keep watching; the next round tries again
+                logger.exception("the monitor's check failed")
+
+    def check_once(self, now: float | None = None) -> list[Outcome]:
+        """One round: find lost, silent and timed-out jobs and record their failures."""
+        jobs = self._engine.remote_jobs()
+        keys = {(j.job_id, j.attempt) for j in jobs}
+        for table in (self._started, self._ended_at):
+            for key in [k for k in table if k not in keys]:
+                del table[key]
+        if not jobs:
+            return []
+        now = time.time() if now is None else now
+        beats = self._heartbeats([j.job_id for j in jobs])
+        failures: list[Outcome] = []
+        to_cancel: dict[str, list[str]] = defaultdict(list)
+        by_backend: dict[str, list[RemoteJob]] = defaultdict(list)
+        for job in jobs:
+            by_backend[job.backend].append(job)
+        for name, group in by_backend.items():
+            states = self._poll(name, group)
+            for job in group:
+                key = (job.job_id, job.attempt)
+                beat = beats.get(job.job_id)
+                if beat is not None and beat > job.dispatched_at:  # this attempt's, not older
+                    self._started.setdefault(key, beat)
+                started = self._started.get(key)
+                state = states.get(job.handle)
+                why: tuple[str, str] | None = None
+                if state == JobState.LOST:
+                    reason = self._reason(name, job.handle) or f"the {name} backend lost the job"
+                    why = ("JobLost", reason)
+                elif state in (JobState.FINISHED, JobState.FAILED):
+                    first = self._ended_at.setdefault(key, now)
+                    if now - first > self.heartbeat_timeout:
+                        why = (
+                            "JobLost",
+                            f"the job runner ended ({state.value} on {name}) without reporting "
+                            f"an outcome within {self.heartbeat_timeout:g} s",
+                        )
+                elif started is not None and beat is not None and (
+                    now - beat > self.heartbeat_timeout
+                ):
+                    why = (
+                        "JobLost",
+                        f"no heartbeat for {now - beat:.0f} s (heartbeat timeout "
+                        f"{self.heartbeat_timeout:g} s): the job runner or its node died",
+                    )
+                    to_cancel[name].append(job.handle)  # if it still runs somewhere, stop it
+                if (
+                    why is None
+                    and job.timeout is not None
+                    and started is not None
+                    and now - started > job.timeout + TIMEOUT_GRACE
+                ):
+                    why = (
+                        "Timeout",
+                        f"job exceeded its timeout of {job.timeout:g} s; the monitor cancelled it",
+                    )
+                    to_cancel[name].append(job.handle)
+                if why is not None:
+                    failures.append(
+                        Outcome(
+                            job.job_id,
+                            job.attempt,
+                            ok=False,
+                            error_type=why[0],
+                            error_message=why[1],
+                            started_at=started or job.dispatched_at,
+                            finished_at=now,
+                        )
+                    )
+        for name, handles in to_cancel.items():
+            try:
+                self._engine.backend(name).cancel(handles)
+            except BackendError as exc:
+                logger.error("monitor: the %s backend could not cancel %s: %s", name, handles, exc)
+        if failures:
+            for failure in failures:
+                logger.warning(
+                    "job %d attempt %d: %s: %s",
+                    failure.job_id,
+                    failure.attempt,
+                    failure.error_type,
+                    failure.error_message,
+                )
+            self._engine.record_outcomes(failures)
+        return failures
+
+    def _poll(self, name: str, jobs: list[RemoteJob]) -> dict[str, JobState]:
+        try:
+            return self._engine.backend(name).poll([j.handle for j in jobs])
+        except BackendError as exc:
+            logger.warning("monitor: cannot poll the %s backend: %s", name, exc)
+            return {}
+
+    def _reason(self, name: str, handle: str) -> str | None:
+        try:
+            return self._engine.backend(name).lost_reason(handle)
+        except BackendError as exc:
+            return f"the {name} backend lost the job ({exc})"
+
+    def _heartbeats(self, job_ids: list[int]) -> dict[int, float]:
+        beats: dict[int, float] = {}
+        with self._engine.db.connect() as conn:
+            for i in range(0, len(job_ids), QUERY_CHUNK):
+                chunk = job_ids[i : i + QUERY_CHUNK]
+                rows = conn.execute(
+                    select(q.jobs.c.id, q.jobs.c.heartbeat_at).where(
+                        q.jobs.c.id.in_(chunk), q.jobs.c.heartbeat_at.is_not(None)
+                    )
+                )
+                beats.update({int(r[0]): float(r[1]) for r in rows})
+        return beats
