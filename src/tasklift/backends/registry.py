@@ -11,12 +11,15 @@
     type = "dask"
     address = "tcp://scheduler:8786"
 
-``@work(queue="gpu")`` (or ``backend="gpu"``) then runs on the first. A backend object passed
-to ``Workflow(backend=...)`` or ``@work(backend=...)`` is registered under :func:`object_name`.
+``@work(queue="gpu")`` (or ``backend="gpu"``) then runs on the first. ``type`` may also name a
+site's own :class:`~tasklift.backends.base.Backend` subclass as ``"package.module:Class"``.
+A backend object passed to ``Workflow(backend=...)`` or ``@work(backend=...)`` is registered
+under :func:`object_name`.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from tasklift.errors import ConfigError
@@ -43,7 +46,20 @@ def _class(kind: str) -> type[Backend]:
         from tasklift.backends.slurm import SlurmBackend
 
         return SlurmBackend
-    raise ConfigError(f"unknown backend type {kind!r}; known: {', '.join(KINDS)}")
+    if ":" in kind:  # a site's own backend class: "package.module:ClassName"
+        from tasklift.backends.base import Backend
+
+        module_name, _, attr = kind.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"backend type {kind!r} cannot be imported: {exc}") from exc
+        if not (isinstance(cls, type) and issubclass(cls, Backend)):
+            raise ConfigError(f"backend type {kind!r} is not a tasklift Backend class")
+        return cls
+    raise ConfigError(
+        f"unknown backend type {kind!r}; known: {', '.join(KINDS)}, or 'package.module:Class'"
+    )
 
 
 def backend_from_settings(name: str, settings: Settings) -> Backend:
