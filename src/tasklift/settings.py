@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     """Claim that names the user (e.g. ``preferred_username``)."""
     admins: list[str] = Field(default_factory=list)
     """Users (OIDC or token) that are admins."""
+    backend: str = "local"
+    """Where works run unless ``Workflow(backend=)`` or ``@work(backend=/queue=)`` say
+    otherwise: ``local``, ``dask``, ``slurm`` or a name under ``backends``."""
     backends: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Named backends (``[backends.gpu] type = "slurm"`` plus the backend's arguments);
     ``@work(queue="gpu")`` and ``backend="gpu"`` pick one by name."""

@@ -320,7 +320,7 @@ class Workflow:
         self.exclude = tuple(exclude)
         self.init_env = container_init_env(container, init_env)
         backend_name, self._backend_object = backend_choice(backend)
-        self.backend = backend_name or "local"
+        self.backend = backend_name or self.settings.backend
         if remote and self._backend_object is not None:
             raise ConfigError(
                 "a remote workflow runs on the server: name a backend configured there "
