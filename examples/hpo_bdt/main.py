@@ -295,7 +295,11 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--service", default="local", help="tasklift service: 'local' (default) or a URL"
     )
-    parser.add_argument("--backend", default="local", help="tasklift backend (default 'local')")
+    parser.add_argument(
+        "--backend", default=None,
+        help="tasklift backend: local, dask, slurm or a configured name (default: "
+        "TASKLIFT_BACKEND, else 'local')",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     for flag in ("iterations", "points", "n_events"):
         if getattr(args, flag) < 1:
