@@ -199,23 +199,35 @@ def run_child(
         fresh=parent.fresh,
         show_progress=parent.show_progress,
     )
-    token = _context.current_workflow.set(child)
+    return _run_recorded(child, serializer, lambda: func(*args, **kwargs))
+
+
+def _run_recorded(
+    run: WorkflowRun,
+    serializer: Any,
+    call: Callable[[], Any],
+    on_exit: Callable[[], None] | None = None,
+) -> Any:
+    """Run a workflow function as ``run``; store how it ended (its result or its traceback)."""
+    token = _context.current_workflow.set(run)
     try:
-        result = func(*args, **kwargs)
+        result = call()
     except BaseException as exc:
-        engine.finish_workflow(
-            workflow_id, WorkflowState.FAILED, None, "".join(traceback.format_exception(exc))
+        run.engine.finish_workflow(
+            run.workflow_id, WorkflowState.FAILED, None, "".join(traceback.format_exception(exc))
         )
         raise
     finally:
         _context.current_workflow.reset(token)
-        for handle in child.works:
+        if on_exit is not None:
+            on_exit()
+        for handle in run.works:
             handle.close()
     try:
         stored = serializer.dumps(result)
     except SerializationError:
         stored = serializer.dumps({"__repr__": repr(result)})
-    engine.finish_workflow(workflow_id, WorkflowState.FINISHED, stored, None)
+    run.engine.finish_workflow(run.workflow_id, WorkflowState.FINISHED, stored, None)
     return result
 
 
@@ -460,27 +472,13 @@ class Workflow:
             show_progress=_show_progress(self.settings),
         )
         self.current_run = run
-        token = _context.current_workflow.set(run)
         _running.append(run)
-        try:
-            result = self.func(*args, **kwargs)
-        except BaseException as exc:
-            engine.finish_workflow(
-                workflow_id, WorkflowState.FAILED, None, "".join(traceback.format_exception(exc))
-            )
-            raise
-        finally:
-            _context.current_workflow.reset(token)
+
+        def ended() -> None:
             _running.remove(run)
             self.current_run = None
-            for handle in run.works:
-                handle.close()
-        try:
-            stored = serializer.dumps(result)
-        except SerializationError:
-            stored = serializer.dumps({"__repr__": repr(result)})
-        engine.finish_workflow(workflow_id, WorkflowState.FINISHED, stored, None)
-        return result
+
+        return _run_recorded(run, serializer, lambda: self.func(*args, **kwargs), ended)
 
 
 def _show_progress(settings: Settings) -> bool:
