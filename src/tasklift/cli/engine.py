@@ -8,7 +8,7 @@ import threading
 
 import click
 
-from tasklift.cli.root import cli
+from tasklift.cli.root import cli, with_options
 from tasklift.db.session import mask_url
 from tasklift.settings import Settings
 
@@ -27,14 +27,7 @@ def engine_command(
     from tasklift.engine.core import Engine
     from tasklift.service.app import check_schema
 
-    overrides: dict[str, object] = {}
-    if db_url:
-        overrides["db_url"] = db_url
-    if name:
-        overrides["engine_name"] = name
-    if workers:
-        overrides["workers"] = workers
-    settings = settings.with_overrides(**overrides)
+    settings = with_options(settings, db_url=db_url, engine_name=name, workers=workers)
     check_schema(settings)
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s %(message)s")
     engine = Engine(settings, auto_upgrade=False, resume=True)

@@ -6,7 +6,7 @@ import click
 
 from tasklift.settings import Settings
 
-__all__ = ["cli"]
+__all__ = ["cli", "with_options"]
 
 
 @click.group()
@@ -24,3 +24,9 @@ def cli(ctx: click.Context, db_url: str | None) -> None:
     if db_url:
         settings = settings.with_overrides(db_url=db_url)
     ctx.obj = settings
+
+
+def with_options(settings: Settings, **values: object) -> Settings:
+    """``settings`` with the command-line options that were given (``None``: not given)."""
+    given = {name: value for name, value in values.items() if value is not None}
+    return settings.with_overrides(**given) if given else settings

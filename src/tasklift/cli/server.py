@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from tasklift.cli.root import cli
+from tasklift.cli.root import cli, with_options
 from tasklift.db.session import mask_url
 from tasklift.settings import Settings
 
@@ -40,18 +40,11 @@ def server_command(
 
     from tasklift.service.app import check_schema, create_app
 
-    overrides: dict[str, object] = {}
-    if db_url:
-        overrides["db_url"] = db_url
-    if workers:
-        overrides["workers"] = workers
-    if bus_url:
-        overrides["bus"] = bus_url
+    settings = with_options(settings, db_url=db_url, workers=workers, bus=bus_url)
     if not settings.public_url:  # where remote job runners (Dask, Slurm) reach this server
         from tasklift.service.job_api import advertised_host
 
-        overrides["public_url"] = f"http://{advertised_host(host)}:{port}"
-    settings = settings.with_overrides(**overrides)
+        settings = settings.with_overrides(public_url=f"http://{advertised_host(host)}:{port}")
     check_schema(settings)  # refuses an out-of-date schema before binding the port
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     click.echo(
