@@ -29,12 +29,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from tasklift.engine.specs import JobSpec, Outcome, WorkSpec
 from tasklift.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tasklift.runner import FunctionLoader
+    from tasklift.settings import Settings
 
 __all__ = [
     "BatchEntry",
@@ -132,19 +136,32 @@ class _Gone(Exception):
         self.status = status
 
 
+_clients: dict[str, httpx.Client] = {}
+_clients_lock = threading.Lock()
+
+
+def _shared_client(api_url: str) -> httpx.Client:
+    """One pooled HTTP client per job API and process: a Dask worker running thousands of
+    jobs reuses its connections (and builds no TLS context per job)."""
+    with _clients_lock:
+        client = _clients.get(api_url)
+        if client is None:
+            client = _clients[api_url] = httpx.Client(
+                base_url=api_url + API, timeout=httpx.Timeout(30.0, connect=10.0)
+            )
+        return client
+
+
 class _JobAPI:
     """A small client of the job API with one job's token."""
 
     def __init__(self, api_url: str, token: str) -> None:
         self.api_url = api_url.rstrip("/")
-        self._client = httpx.Client(
-            base_url=self.api_url + API,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(30.0, connect=10.0),
-        )
+        self._client = _shared_client(self.api_url)
+        self._auth = {"Authorization": f"Bearer {token}"}
 
     def close(self) -> None:
-        self._client.close()
+        """Nothing to release: the HTTP client is shared by the process's jobs."""
 
     def call(
         self, method: str, path: str, *, deadline: float, json_body: Any = None
@@ -153,7 +170,9 @@ class _JobAPI:
         delay = 0.2
         while True:
             try:
-                response = self._client.request(method, path, json=json_body)
+                response = self._client.request(
+                    method, path, json=json_body, headers=self._auth
+                )
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             else:
@@ -174,7 +193,7 @@ class _JobAPI:
         delay = 0.2
         while True:
             try:
-                with self._client.stream("GET", path) as response:
+                with self._client.stream("GET", path, headers=self._auth) as response:
                     if 400 <= response.status_code < 500:
                         response.read()
                         raise _Gone(response.status_code, _detail(response))
@@ -274,7 +293,7 @@ class _Heartbeat:
         self._thread = threading.Thread(target=self._loop, name="tasklift-heartbeat", daemon=True)
 
     def start(self) -> None:
-        self.beat()
+        """Beat from now on (fetching the spec was the first sign of life)."""
         self._thread.start()
 
     def beat(self) -> None:
@@ -346,6 +365,30 @@ def outcome_body(outcome: Outcome) -> dict[str, Any]:
     }
 
 
+_cached: dict[str, Any] = {}
+_loader_lock = threading.Lock()
+
+
+def _settings() -> Settings:
+    """This process's settings, read once (a Dask worker runs many jobs)."""
+    if "settings" not in _cached:
+        from tasklift.settings import Settings
+
+        _cached["settings"] = Settings()
+    settings: Settings = _cached["settings"]
+    return settings
+
+
+def _loader() -> FunctionLoader:
+    """This process's function loader: imports and archive activations are reused."""
+    if "loader" not in _cached:
+        from tasklift.runner import FunctionLoader
+
+        _cached["loader"] = FunctionLoader()
+    loader: FunctionLoader = _cached["loader"]
+    return loader
+
+
 @contextlib.contextmanager
 def _in_job() -> Iterator[None]:
     from tasklift import _context
@@ -383,10 +426,9 @@ def run_remote_job(
         ``"reported"``, ``"stale"`` (the service no longer wanted it) or ``"spooled"`` (not
         delivered before the deadline; the outcome waits on disk).
     """
-    from tasklift.runner import FunctionLoader, failure_outcome, run_job
-    from tasklift.settings import Settings
+    from tasklift.runner import failure_outcome, run_job
 
-    settings = Settings()
+    settings = _settings()
     cache_dir = cache_dir or settings.home
     spool_dir = spool_dir or settings.home / "spool"
     flush_spool(spool_dir, deadline_seconds=2.0)
@@ -405,15 +447,13 @@ def run_remote_job(
             api, job_id, attempt, interval, _exit_process if exit_when_unwanted else None
         )
         heartbeat.start()
-        if heartbeat.unwanted:
-            return "stale"
         try:
             work = _work_spec(spec, Path(cache_dir), api_url)
             job = JobSpec(job_id, attempt, base64.b64decode(spec["payload"]))
             try:
                 _fetch_archive(api, work, time.monotonic() + CONNECT_DEADLINE)
-                with _in_job():
-                    fn = FunctionLoader().load(work)
+                with _in_job(), _loader_lock:
+                    fn = _loader().load(work)
             except Exception as exc:  # noqa: BLE001 - reported as the job's outcome
                 outcome = failure_outcome(job, exc)
             else:

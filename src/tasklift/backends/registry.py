@@ -82,9 +82,10 @@ def backend_from_settings(name: str, settings: Settings) -> Backend:
     if not isinstance(kind, str):
         raise ConfigError(f"backend {name!r} needs a type ({', '.join(KINDS)})")
     cls = _class(kind)
-    if kind == "local":
-        params.setdefault("workers", settings.workers)
+    if kind in KINDS:  # the built-ins take the interpreter; local and dask the worker count
         params.setdefault("python", settings.job_python)
+        if kind != "slurm":
+            params.setdefault("workers", settings.workers)
     try:
         return cls(**params)
     except TypeError as exc:

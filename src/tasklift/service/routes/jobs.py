@@ -69,8 +69,10 @@ def get_spec(job_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> JobS
     job, work = found["job"], found["work"]
     options = json.loads(work["options"])
     spec = JobSpec(job_id, int(job["attempts"]) or 1, job["payload"])
-    with engine.db.connect() as conn:
+    with engine.db.begin() as conn:
         [spec] = dataflow.resolve_payloads(conn, [spec])
+        # fetching its spec is the runner's first sign of life (its first heartbeat)
+        conn.execute(update(q.jobs).where(q.jobs.c.id == job_id).values(heartbeat_at=time.time()))
     return JobSpecPublic(
         job_id=job_id,
         work_id=work["id"],
