@@ -13,12 +13,20 @@ found on the node when the job runner starts, with a clear error when neither is
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 
 from tasklift.errors import ConfigError
 
-__all__ = ["check_container", "container_init_env", "runner_command", "split_init_env"]
+__all__ = [
+    "SECRET_ENV",
+    "check_container",
+    "container_init_env",
+    "job_environment",
+    "runner_command",
+    "split_init_env",
+]
 
 CONTAINER_SCHEMES = frozenset(
     {"docker", "docker-daemon", "library", "oras", "shub", "http", "https", "file"}
@@ -135,3 +143,23 @@ def container_init_env(container: str | None, init_env: str | None = None) -> st
     prefix = f'"${_RUNTIME_VAR}" exec --bind "$PWD" {image}'
     setup = [init_env.strip().rstrip(";").strip()] if init_env and init_env.strip() else []
     return "; ".join([*[s for s in setup if s], find, prefix])
+
+
+SECRET_ENV = (
+    "TASKLIFT_TOKEN",
+    "TASKLIFT_SECRET_KEY",
+    "TASKLIFT_DB_URL",
+    "TASKLIFT_BUS",
+    "TASKLIFT_OIDC_JWKS",
+)
+"""Variables of the engine's environment that job runners never inherit: API token, the key
+that signs job tokens, database and broker URLs (with their passwords)."""
+
+
+def job_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a job runner starts with: ``base`` (default: this process's) without
+    the engine's secrets (:data:`SECRET_ENV`)."""
+    env = dict(os.environ if base is None else base)
+    for name in SECRET_ENV:
+        env.pop(name, None)
+    return env

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from tasklift.backends.base import Backend, OutcomeSink
-from tasklift.backends.command import runner_command
+from tasklift.backends.command import job_environment, runner_command
 from tasklift.engine.specs import JobSpec, Outcome, WorkSpec
 from tasklift.errors import BackendError
 from tasklift.framing import HEADER, encode_frame
@@ -245,7 +245,11 @@ class LocalBackend(Backend):
         argv = worker_command(self.python, env_key[0])
         try:
             proc = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                start_new_session=True,
+                env=job_environment(),  # never the server's secrets
             )
         except OSError as exc:
             raise BackendError(f"cannot start a local worker ({argv[0]}): {exc}") from exc

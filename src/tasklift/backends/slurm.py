@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from tasklift.backends.base import Backend, OutcomeSink
+from tasklift.backends.command import job_environment
 from tasklift.backends.slurm_script import (
     SLURM_STATES,
     SQUEUE_FORMAT,
@@ -49,8 +50,6 @@ logger = logging.getLogger(__name__)
 
 COMMAND_TIMEOUT = 60.0
 """Seconds any one Slurm command (sbatch, squeue, sacct, scancel, scontrol) may take."""
-SECRET_ENV = ("TASKLIFT_TOKEN", "TASKLIFT_SECRET_KEY", "TASKLIFT_DB_URL")
-"""Variables of the engine's environment that ``sbatch`` must not copy into jobs."""
 FORBIDDEN_ARGS = ("--array", "-a", "--output", "-o", "--error", "-e", "--parsable", "--wrap")
 """``sbatch`` options the backend sets itself; ``extra_args`` may not override them."""
 MAX_REASONS = 10_000
@@ -277,7 +276,7 @@ class SlurmBackend(Backend):
             *self.extra_args,
             str(batch_dir / "submit.sh"),
         ]
-        env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+        env = job_environment()  # sbatch copies its environment into the jobs
         out = self._run(command, env=env).strip()
         try:
             array_id = int(out.split(";")[0])
