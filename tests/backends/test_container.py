@@ -197,3 +197,24 @@ def test_dask_job_without_runtime_fails_with_the_reason(boxed_cluster, settings)
     assert failure.error_type == "JobLost"
     print("no-runtime failure:", failure.message)
     assert "needs apptainer or singularity on the PATH" in failure.message
+
+
+@pytest.mark.slurm
+def test_slurm_job_runs_through_the_container(fake_bin, slurm_cluster, settings, monkeypatch,
+                                              tmp_path):
+    """Each array element starts its runner through the container (sbatch passes PATH on)."""
+    from tasklift.backends import SlurmBackend
+
+    monkeypatch.setenv("PATH", f"{fake_bin / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    before = len(records(fake_bin))
+
+    def wf():
+        return dask_workfns.boxed(group_kwargs=[{"x": 1}, {"x": 2}])
+
+    backend = SlurmBackend(spool_dir=tmp_path / "slurm")
+    out = Workflow(func=wf, settings=settings, backend=backend).run()
+    assert [r["image"] for r in out] == [IMAGE, IMAGE]
+    assert [r["setup"] for r in out] == ["done", "done"]
+    new = records(fake_bin)[before:]
+    assert len(new) == 2 and all(f" {IMAGE} " in line for line in new)
+    assert all("-m tasklift.runner job --batch-dir" in line for line in new)

@@ -46,10 +46,6 @@ def test_map_runs_through_remote_runners_with_the_archive_over_http(fast, tmp_pa
     # neither inputs nor tokens are on any command line
     for argv in backend.argv:
         assert not any("eyJ" in a or "Bearer" in a for a in argv)
-    engine = embedded_engine(fast)
-    with engine.db.connect() as conn:
-        beats = conn.execute(select(Job.heartbeat_at)).scalars().all()
-    assert beats and all(b is not None for b in beats)  # every runner sent heartbeats
 
 
 def test_remote_failure_carries_the_traceback(fast, tmp_path):

@@ -60,7 +60,8 @@ def make_settings(home: Path, db_url: str, **values: Any) -> Settings:
 
 @pytest.fixture
 def auth(db: Engine, home: Path, db_url: str) -> Authenticator:
-    return Authenticator(db=db, settings=make_settings(home, db_url))
+    # what the database says, read on every call; the cache has its own tests (test_waiting.py)
+    return Authenticator(db=db, settings=make_settings(home, db_url), cache_ttl=0)
 
 
 def bearer(token: str) -> str:

@@ -1,5 +1,10 @@
 """The client side of a ``tasklift server``: the engine interface the client API uses,
-spoken over HTTP (bulk work creation, archive upload by hash, results by cursor)."""
+spoken over HTTP (bulk work creation, archive upload by hash, results by cursor).
+
+A new work costs one request: ``POST /works?wait=...`` creates it and streams its results
+back (one JSON page per line) on the same connection; a work that outlives the stream is
+followed with long polls of ``GET /works/{id}/results`` from the last cursor.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -39,6 +44,7 @@ __all__ = ["HttpService", "mask_token"]
 logger = logging.getLogger(__name__)
 
 LONG_POLL = 20.0
+NDJSON = "application/x-ndjson"
 RETRY_SECONDS = 120.0
 """How long reads keep retrying while the server is away (a restart)."""
 _ERRORS: dict[int, type[TaskliftError]] = {
@@ -56,6 +62,18 @@ def mask_token(token: str) -> str:
     return token[:6] + "…" if token else ""
 
 
+def _raise_for_status(method: str, path: str, response: httpx.Response) -> None:
+    """Raise the tasklift error that matches a failure status (the body must be read)."""
+    if response.status_code < 400:
+        return
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = response.text[:500]
+    cls = _ERRORS.get(response.status_code, ServiceError)
+    raise cls(f"{method} {path}: {response.status_code} {detail}")
+
+
 def _record(item: dict[str, Any]) -> ResultRecord:
     data = item.get("result")
     return ResultRecord(
@@ -71,19 +89,108 @@ def _record(item: dict[str, Any]) -> ResultRecord:
     )
 
 
+class _Followers:
+    """Daemon threads that follow works' results, reused: a single-job work is too short to
+    pay for starting a thread. An idle thread ends after ``IDLE`` seconds."""
+
+    IDLE = 30.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[tuple[threading.Event, list[Callable[[], None]]]] = []
+
+    def run(self, task: Callable[[], None], name: str) -> None:
+        """Run ``task`` on an idle thread, or on a new one."""
+        with self._lock:
+            if self._idle:
+                wake, slot = self._idle.pop()
+                slot.append(task)
+                wake.set()
+                return
+        threading.Thread(target=self._loop, args=(task,), daemon=True, name=name).start()
+
+    def _loop(self, task: Callable[[], None]) -> None:
+        wake = threading.Event()
+        slot: list[Callable[[], None]] = []
+        while True:
+            try:
+                task()
+            except Exception:  # a follower's own errors are logged where they happen
+                logger.exception("a results follower failed")
+            with self._lock:
+                self._idle.append((wake, slot))
+            if not wake.wait(self.IDLE):
+                with self._lock:
+                    if (wake, slot) in self._idle:
+                        self._idle.remove((wake, slot))
+                        return
+                wake.wait()  # handed a task just as it timed out
+            wake.clear()
+            task = slot.pop()
+
+
+_FOLLOWERS = _Followers()
+
+
+class _ResultStream:
+    """The open answer of a ``POST /works?wait=...``: result pages, one JSON per line."""
+
+    def __init__(self, response: httpx.Response, lines: Iterator[str]) -> None:
+        self._response = response
+        self._lines = lines
+
+    def pages(self) -> Iterator[dict[str, Any]]:
+        """Yield the pages as they arrive; end with the answer."""
+        for line in self._lines:
+            if line:
+                yield orjson.loads(line)
+
+    def close(self) -> None:
+        """Release the connection (drops it when the answer is not complete)."""
+        self._response.close()
+
+
 class _PollSubscription(Subscription):
-    def __init__(self, service: HttpService, work_id: int, callback: Callback) -> None:
+    def __init__(
+        self,
+        service: HttpService,
+        work_id: int,
+        callback: Callback,
+        stream: _ResultStream | None = None,
+    ) -> None:
         self._service = service
         self._work_id = work_id
         self._callback = callback
+        self._stream = stream
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, daemon=True, name=f"tasklift-results-{work_id}"
-        )
-        self._thread.start()
+        _FOLLOWERS.run(self._run, name=f"tasklift-results-{work_id}")
+
+    def _deliver(self, page: dict[str, Any]) -> int:
+        records = [_record(item) for item in page["data"]]
+        if records and not self._stop.is_set():
+            self._callback(records)
+        return int(page["cursor"])
+
+    def _follow_stream(self, stream: _ResultStream) -> tuple[int, bool]:
+        """Take the pages of the create request's answer: ``(cursor, done)``."""
+        cursor, done = 0, False
+        try:
+            # to the end of the answer (it ends after a done page): the connection is reused
+            for page in stream.pages():
+                cursor = self._deliver(page)
+                done = done or bool(page["done"])
+        except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
+            logger.info("results of work %d: stream ended early (%s)", self._work_id, exc)
+        finally:
+            stream.close()
+        return cursor, done
 
     def _run(self) -> None:
         cursor = 0
+        if self._stream is not None:
+            cursor, done = self._follow_stream(self._stream)
+            if done:
+                return
         backoff = 0.5
         while not self._stop.is_set():
             try:
@@ -103,10 +210,7 @@ class _PollSubscription(Subscription):
                 logger.exception("results of work %d can no longer be read", self._work_id)
                 return
             backoff = 0.5
-            records = [_record(item) for item in page["data"]]
-            if records and not self._stop.is_set():
-                self._callback(records)
-            cursor = page["cursor"]
+            cursor = self._deliver(page)
             if page["done"]:
                 return
 
@@ -127,7 +231,9 @@ class _PollBus(Bus):
         kind, _, ident = destination.partition(".")
         if kind != "work":
             raise ServiceError(f"cannot subscribe to {destination!r} over HTTP")
-        return _PollSubscription(self._service, int(ident), callback)
+        work_id = int(ident)
+        stream = self._service._streams.pop(work_id, None)
+        return _PollSubscription(self._service, work_id, callback, stream)
 
 
 class HttpService:
@@ -149,6 +255,10 @@ class HttpService:
             timeout=httpx.Timeout(60.0, connect=10.0),
         )
         self.bus = _PollBus(self)
+        self._streams: dict[int, _ResultStream] = {}  # new works' answers, until subscribed
+        # absolute, built once: httpx spends more on merging and parsing URLs than on sending
+        self._create_url = httpx.URL(self.url + "/api/v1/works", params={"wait": LONG_POLL})
+        self._json = {"Content-Type": "application/json"}
 
     # ------------------------------------------------------------------ HTTP
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -176,13 +286,7 @@ class HttpService:
                     break
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
-        if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail")
-            except ValueError:
-                detail = response.text[:500]
-            cls = _ERRORS.get(response.status_code, ServiceError)
-            raise cls(f"{method} {path}: {response.status_code} {detail}")
+        _raise_for_status(method, path, response)
         return response
 
     def get(self, path: str, **kwargs: Any) -> Any:
@@ -290,11 +394,45 @@ class HttpService:
             "when": base64.b64encode(spec.when).decode() if spec.when else None,
             "when_arg": spec.when_arg,
         }
-        work = self.post("/works", body, timeout=600)
+        work, stream = self._create_work(body)
         record = WorkRecord(work_id=work["id"], n_jobs=work["n_jobs"], n_reused=work["n_reused"])
-        if on_stored is not None:
-            on_stored(record)
+        if stream is not None:
+            self._streams[record.work_id] = stream  # taken by the subscription on_stored makes
+        try:
+            if on_stored is not None:
+                on_stored(record)
+        finally:
+            unclaimed = self._streams.pop(record.work_id, None)
+            if unclaimed is not None:
+                unclaimed.close()
         return spec, record
+
+    def _create_work(self, body: dict[str, Any]) -> tuple[dict[str, Any], _ResultStream | None]:
+        """``POST /works?wait=...``: the new work, and the stream of its results."""
+        request = self._client.build_request(
+            "POST", self._create_url, content=orjson.dumps(body), headers=self._json, timeout=600
+        )
+        try:
+            response = self._client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise ServiceError(f"cannot reach the tasklift server at {self.url}: {exc}") from exc
+        try:
+            if response.status_code >= 400 or not response.headers.get(
+                "content-type", ""
+            ).startswith(NDJSON):
+                response.read()  # an error, or a server that does not stream: the work alone
+                _raise_for_status("POST", "/works", response)
+                response.close()
+                return response.json(), None
+            lines = response.iter_lines()
+            work = orjson.loads(next(lines))
+        except (StopIteration, httpx.HTTPError, ValueError) as exc:
+            response.close()
+            raise ServiceError(f"POST /works: the answer broke off: {exc!r}") from exc
+        except BaseException:
+            response.close()
+            raise
+        return work, _ResultStream(response, lines)
 
     def results(self, work_id: int, since: int = 0, limit: int | None = None) -> list[ResultRecord]:
         """Every result after cursor ``since`` (pages through the API)."""

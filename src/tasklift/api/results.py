@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from tasklift.bus.base import work_destination
 from tasklift.engine.specs import ResultRecord
 from tasklift.engine.state import needed_successes
-from tasklift.errors import JobFailure, WorkFailed, WorkTimeout
+from tasklift.errors import JobFailure, SubmissionError, WorkFailed, WorkTimeout
 from tasklift.keys import job_key
 from tasklift.serializers import get_serializer
 from tasklift.states import JobState, WorkState
@@ -23,6 +23,8 @@ __all__ = ["AsyncResult", "MapResult", "Progress", "Work", "WorkRef"]
 
 REREAD_EVERY = 2.0
 """Seconds between safety re-reads of the DB while waiting (a missed message costs this)."""
+STORE_CHECK_EVERY = 1.0
+"""Seconds between checks, while waiting for a work, that storing its jobs did not fail."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class AsyncResult:
         self._stale = False
         self._cursor = 0  # every done_seq up to here has been seen
         self._seqs: set[int] = set()
+        self._waiting: list[int] = []  # counts the blocked waiters wait for
         self._sub = engine.bus.subscribe(work_destination(work_id), self._on_messages)
         self._last_read = time.monotonic()
         if reread:
@@ -75,7 +78,11 @@ class AsyncResult:
         with self._cond:
             for record in messages:
                 self._add(record)
-            self._cond.notify_all()
+            # wake a waiter only when it has what it waits for (or must re-read): a waiter
+            # woken for every result of a big work would fight the publishing thread for the
+            # GIL once per result
+            if self._waiting and (self._stale or len(self._records) >= min(self._waiting)):
+                self._cond.notify_all()
 
     def _reread(self) -> None:
         """Read what the DB has beyond the gap-free cursor (a missed message costs this)."""
@@ -112,7 +119,11 @@ class AsyncResult:
                 if deadline is not None:
                     wait = min(wait, deadline - now)
                 if not self._stale and wait > 0:
-                    self._cond.wait(wait)
+                    self._waiting.append(count)
+                    try:
+                        self._cond.wait(wait)
+                    finally:
+                        self._waiting.remove(count)
                 need_read = self._stale or time.monotonic() >= due
             if need_read:
                 self._reread()
@@ -218,8 +229,8 @@ class Work:
         engine: Engine,
         work_id: int,
         name: str,
-        keys: list[str],
-        calls: list[tuple[list[Any], dict[str, Any]]],
+        keys: Sequence[str],
+        calls: Sequence[tuple[list[Any], dict[str, Any]]],
         base_args: Sequence[Any],
         base_kwargs: Mapping[str, Any],
         serializer: str,
@@ -310,9 +321,28 @@ class Work:
 
             ok = wait_with_progress(self, deadline)
         else:
-            ok = self._async.wait_for(len(self.keys), deadline)
+            ok = self._wait_count(len(self.keys), deadline)
         if not ok:
             raise WorkTimeout(self.name, float(timeout or 0), self._async.n_done, len(self.keys))
+
+    def _wait_count(self, count: int, deadline: float | None) -> bool:
+        """Wait for ``count`` terminal jobs; raise when storing the work's jobs failed."""
+        store_error = getattr(self.engine, "store_error", None)
+        while True:
+            step = time.monotonic() + STORE_CHECK_EVERY
+            if self._async.wait_for(count, step if deadline is None else min(step, deadline)):
+                return True
+            failure = store_error(self.work_id) if store_error is not None else None
+            if failure is not None:
+                raise SubmissionError(f"work {self.name!r}: {failure}")
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+
+    def wait_stored(self, timeout: float | None = None) -> bool:
+        """Wait until every job of this work is stored (a large work is stored in chunks
+        while its first jobs run); False when ``timeout`` passed first."""
+        wait = getattr(self.engine, "wait_stored", None)
+        return True if wait is None else bool(wait(self.work_id, timeout))
 
     def as_completed(self, timeout: float | None = None) -> Iterator[Any]:
         """Yield results as jobs finish (arrival order); failures are collected, not yielded.
@@ -324,7 +354,7 @@ class Work:
         deadline = None if timeout is None else time.monotonic() + timeout
         seen = 0
         while seen < len(self.keys):
-            if not self._async.wait_for(seen + 1, deadline):
+            if not self._wait_count(seen + 1, deadline):
                 raise WorkTimeout(self.name, float(timeout or 0), seen, len(self.keys))
             for record in self._async.arrivals(seen):
                 seen += 1

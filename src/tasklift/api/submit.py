@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -10,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasklift.api.decorators import UNSET, WorkFunction, defining_file
-from tasklift.api.results import Work
+from tasklift.api.joblist import EAGER_UP_TO, JobList, LazyCalls
+from tasklift.api.results import Work, WorkRef
 from tasklift.backends.registry import register_backend
 from tasklift.engine.specs import WorkSpec
 from tasklift.errors import SerializationError, SubmissionError
@@ -35,7 +37,13 @@ def function_location(fn: WorkFunction, source_dir: Path | None) -> tuple[str, s
     A function in ``__main__``, or in a file of the shipped tree whose module name does not
     match its path there, is imported by its path inside the archive (``script``).
     """
-    func = fn.func
+    return _location(fn.func, source_dir)
+
+
+@functools.lru_cache(maxsize=1024)
+def _location(func: Callable[..., Any], source_dir: Path | None) -> tuple[str, str | None]:
+    """:func:`function_location`, found once per function and source directory (finding the
+    defining file costs more than the rest of a one-job submission)."""
     qualname = func.__qualname__
     if "<locals>" in qualname:
         raise SubmissionError(
@@ -80,6 +88,10 @@ def _check_json(calls: list[tuple[list[Any], dict[str, Any]]]) -> list[str]:
     return texts
 
 
+def _sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def _pickle_texts(calls: list[tuple[list[Any], dict[str, Any]]]) -> list[str]:
     import pickle
 
@@ -107,16 +119,26 @@ def _pickle_texts(calls: list[tuple[list[Any], dict[str, Any]]]) -> list[str]:
 REF = "__tasklift_ref__"
 
 
-def _is_ref(value: Any) -> bool:
-    from tasklift.api.results import Work, WorkRef
+_REF_TYPES = (Work, WorkRef)
 
-    return isinstance(value, (Work, WorkRef))
+
+def _has_ref(calls: list[tuple[list[Any], dict[str, Any]]]) -> bool:
+    for args, kwargs in calls:  # plain loops: this runs over every job of a large work
+        for value in kwargs.values():
+            if isinstance(value, _REF_TYPES):
+                return True
+        for value in args:
+            if isinstance(value, _REF_TYPES):
+                return True
+    return False
+
+
+def _is_ref(value: Any) -> bool:
+    return isinstance(value, _REF_TYPES)
 
 
 def _as_ref(value: Any) -> Any:
     """A bare Work handle means its single result (one job) or all its results."""
-    from tasklift.api.results import Work, WorkRef
-
     if isinstance(value, Work):
         return WorkRef(value, "job", 0) if len(value.keys) == 1 else WorkRef(value, "all", None)
     return value
@@ -125,19 +147,28 @@ def _as_ref(value: Any) -> Any:
 def _expand_each(
     fn: WorkFunction, args: Sequence[Any], kwargs: Mapping[str, Any], group: Any
 ) -> Any:
-    """``x=w.each()`` makes one job per job of ``w`` (paired with ``group_kwargs`` if given)."""
-    values = [*args, *kwargs.values()]
+    """``x=w.each()`` makes one job per job of ``w`` (paired with ``group_kwargs`` if given).
+
+    Returns the group and whether any argument comes from another work.
+    """
+
+    # one plain pass collecting only the inputs from other works (usually none)
+    fixed = (*args, *kwargs.values(), *fn.pre_kwargs.values())
+    values = [v for v in fixed if isinstance(v, _REF_TYPES)]
     if group is not UNSET and isinstance(group, Sequence) and not isinstance(group, str):
         for element in group:
             if isinstance(element, Mapping):
-                values += list(element.values())
-            elif isinstance(element, (list, tuple)):
-                values += list(element)
+                element = element.values()
+            elif not isinstance(element, (list, tuple)):
+                continue
+            for v in element:
+                if isinstance(v, _REF_TYPES):
+                    values.append(v)
     lengths = {
         len(_as_ref(v).work.keys) for v in values if _is_ref(v) and _as_ref(v).mode == "each"
     }
     if not lengths:
-        return group
+        return group, bool(values)
     if len(lengths) > 1:
         raise SubmissionError(
             f"work {fn.name!r}: each() inputs have different lengths {sorted(lengths)}; "
@@ -145,13 +176,13 @@ def _expand_each(
         )
     n = lengths.pop()
     if group is UNSET:
-        return [{} for _ in range(n)]
+        return [{} for _ in range(n)], True
     if len(group) != n:
         raise SubmissionError(
             f"work {fn.name!r}: group_kwargs has {len(group)} elements but the each() input "
             f"has {n} jobs; they pair one to one"
         )
-    return group
+    return group, True
 
 
 def _split_refs(
@@ -160,6 +191,8 @@ def _split_refs(
     """Replace inputs from other works by placeholders (payload) and upstream keys (job key)."""
     from tasklift.engine.dataflow import Ref
 
+    if not _has_ref(calls):
+        return calls, calls, None  # the common case, without copying every call
     payload_calls: list[tuple[list[Any], dict[str, Any]]] = []
     key_calls: list[tuple[list[Any], dict[str, Any]]] = []
     refs: list[list[Ref]] = []
@@ -234,31 +267,44 @@ def submit_work(
     when: Callable[[Any], bool] | None = None,
 ) -> Any:
     """Store one work with all its jobs, then return a handle or wait for the results."""
-    group = _expand_each(fn, args, kwargs, group)
-    calls = fn.calls(args, kwargs, group)
-    if not calls:
-        raise SubmissionError(f"work {fn.name!r}: group_kwargs is empty; nothing to run")
-    calls, key_calls, refs = _split_refs(fn, run, calls)
+    group, has_refs = _expand_each(fn, args, kwargs, group)
+    if not has_refs and isinstance(group, (list, tuple)) and len(group) > EAGER_UP_TO:
+        # a large group's calls are made slice by slice as its jobs are stored (an element
+        # that is not a dict or list then fails the work when its slice is reached)
+        calls: Sequence[tuple[list[Any], dict[str, Any]]] = LazyCalls(
+            lambda part: fn.calls(args, kwargs, part), group
+        )
+        key_calls, refs = calls, None
+    else:
+        calls = fn.calls(args, kwargs, group)
+        if not calls:
+            raise SubmissionError(f"work {fn.name!r}: group_kwargs is empty; nothing to run")
+        calls, key_calls, refs = _split_refs(fn, run, calls)
     when_bytes, when_arg = _when(fn, when, refs)
-    texts = _check_json(key_calls) if fn.serializer == "json" else _pickle_texts(key_calls)
-    keys = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
-    if len(set(keys)) != len(keys):
-        seen: dict[str, int] = {}
-        for i, key in enumerate(keys):
-            if key in seen:
-                raise SubmissionError(
-                    f"work {fn.name!r}: jobs #{seen[key]} and #{i} have identical arguments; "
-                    "jobs are identified by their kwargs (add e.g. a seed to tell them apart)",
-                    key=key,
-                )
-            seen[key] = i
     serializer = get_serializer(fn.serializer)
-    try:
-        payloads = [
-            serializer.dumps({"args": a, "kwargs": k} if a else {"kwargs": k}) for a, k in calls
-        ]
-    except SerializationError as exc:
-        raise SubmissionError(f"work {fn.name!r}: {exc}") from exc
+
+    def payloads(batch: Sequence[tuple[list[Any], dict[str, Any]]]) -> list[bytes]:
+        try:
+            # copied: orjson's bytes keep their whole initial buffer (about 4 KB each here),
+            # so a million kept payloads would hold 4 GB; the copy is exact-sized (issue 7)
+            dumps = serializer.dumps
+            return [
+                bytes(memoryview(dumps({"args": a, "kwargs": k} if a else {"kwargs": k})))
+                for a, k in batch
+            ]
+        except SerializationError as exc:
+            raise SubmissionError(f"work {fn.name!r}: {exc}") from exc
+
+    # keys and payloads of a large work are computed chunk by chunk as it is stored
+    jobs = JobList(
+        fn.name,
+        calls,
+        key_calls,
+        _check_json if fn.serializer == "json" else _pickle_texts,
+        payloads,
+        _sha256_hex,
+    )
+    keys = jobs.keys
     function, script = function_location(fn, run.source_dir)
     backend = fn.backend or run.backend
     if fn.backend_object is not None:
@@ -325,7 +371,7 @@ def submit_work(
         memo_key=memo_key,
         options=options,
         min_success=fn.min_success,
-        jobs=list(zip(keys, payloads, strict=True)),
+        jobs=jobs,
         reuse=not run.fresh,
         on_stored=on_stored,
         refs=refs,

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from tasklift.backends.base import Backend, OutcomeSink
 from tasklift.engine.specs import JobSpec, WorkSpec
 from tasklift.errors import BackendError, ConfigError
-from tasklift.jobrunner import run_remote_job
+from tasklift.jobrunner import inline_spec, run_remote_job
 from tasklift.states import JobState
 
 if TYPE_CHECKING:
@@ -228,17 +228,18 @@ class DaskBackend(Backend):
         if init_env or self.isolate or timed:
             func = run_isolated_job
             options.update(python=self.python, init_env=init_env)
+        columns: list[list[Any]] = [
+            [api_url] * len(fresh),
+            [job.token for _, job in fresh],
+            [job.job_id for _, job in fresh],
+            [job.attempt for _, job in fresh],
+        ]
+        if func is run_remote_job:  # in the worker's thread: the spec travels with the task
+            func = _run_with_spec
+            columns.append([inline_spec(work, job) for _, job in fresh])
         n = len(fresh)
         try:
-            futures = client.map(
-                func,
-                [api_url] * n,
-                [job.token for _, job in fresh],
-                [job.job_id for _, job in fresh],
-                [job.attempt for _, job in fresh],
-                key=[k for k, _ in fresh],
-                **options,
-            )
+            futures = client.map(func, *columns, key=[k for k, _ in fresh], **options)
         except (OSError, TimeoutError, RuntimeError, ValueError) as exc:
             raise BackendError(f"Dask refused {n} jobs of {work.name}: {exc}") from exc
         with self._lock:
@@ -387,6 +388,11 @@ def _resource_names(choice: bool | Mapping[str, str]) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------- on the workers
+def _run_with_spec(api_url: str, token: str, job_id: int, attempt: int, spec: Any) -> str:
+    """Run one attempt in this Dask worker's thread with the spec that came with the task."""
+    return run_remote_job(api_url, token, job_id, attempt, spec=spec)
+
+
 def run_isolated_job(
     api_url: str,
     token: str,

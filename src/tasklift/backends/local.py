@@ -345,8 +345,9 @@ class LocalBackend(Backend):
                 if work_id is not None and outcome.started_at and outcome.finished_at:
                     self._learn(work_id, outcome.finished_at - outcome.started_at)
         assert self._sink is not None
+        # record_outcomes dispatches into the room these outcomes freed, before it publishes
+        # them: nothing is left for this thread to do when the waiting caller wakes up
         self._sink.record_outcomes(outcomes)
-        self._sink.capacity_changed()
 
     def _learn(self, work_id: int, duration: float) -> None:
         old = self._durations.get(work_id)

@@ -1,15 +1,21 @@
 """Database operations, as functions taking a connection. They never commit: callers own
-the transaction (``with engine.begin() as conn: ...``)."""
+the transaction (``with engine.begin() as conn: ...``).
+
+The statements on the per-job paths (store a work and its jobs, claim, store outcomes, bump
+counters, memo look-up) run as driver SQL through :mod:`tasklift.db.hot` (profiled in issue 7);
+the rest is SQLAlchemy Core.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 
+from tasklift.db import hot
 from tasklift.db.models import Archive, Job, JobAttempt, Work, Workflow
 from tasklift.engine.specs import ResultRecord
 from tasklift.errors import NotFoundError
@@ -85,37 +91,64 @@ def next_work_seq(conn: Connection, workflow_id: int) -> int:
 
 
 def insert_work(conn: Connection, **values: Any) -> int:
-    """Insert a work row and return its id."""
+    """Insert a work row and return its id.
+
+    Without ``seq`` the work takes the workflow's next sequence number in the same statement
+    (a concurrent writer that took it too makes the unique constraint fail: retry).
+    """
     values.setdefault("created_at", time.time())
-    return int(conn.execute(insert(works).values(**values)).inserted_primary_key[0])
+    if "seq" in values:
+        return hot.insert_row(conn, works, values)
+    return hot.insert_row(conn, works, values, (("seq", _NEXT_SEQ),), (values["workflow_id"],))
 
 
-def insert_jobs(conn: Connection, work_id: int, rows: Sequence[tuple[str, bytes]]) -> list[int]:
-    """Bulk-insert one job per ``(key, payload)`` row (in order) and return their ids."""
+_NEXT_SEQ = "SELECT COALESCE(MAX(seq) + 1, 0) FROM works WHERE workflow_id = ?"
+_JOB_COLUMNS = ("work_id", "idx", "key", "payload", "state", "attempts", "claimed_by", "created_at")
+
+
+def insert_jobs(
+    conn: Connection,
+    work_id: int,
+    rows: Sequence[tuple[str, bytes]],
+    *,
+    claim: int = 0,
+    skip: Collection[int] = (),
+    engine_id: str | None = None,
+    first: int = 0,
+) -> list[int]:
+    """Bulk-insert one job per ``(key, payload)`` row (in order) and return their ids.
+
+    The rows get indexes ``first``, ``first + 1``, ... (a large work is stored in chunks).
+
+    The first ``claim`` jobs whose index is not in ``skip`` are inserted already claimed by
+    ``engine_id`` (``queued``, attempt 1), as :func:`claim_jobs` would leave them: a work whose
+    first jobs are handed to a backend at once needs no second transaction to claim them.
+    """
     now = time.time()
-    state = JobState.PENDING.value
-    for batch_start, batch in zip(range(0, len(rows), 5000), chunks(rows, 5000), strict=True):
-        conn.execute(
-            insert(jobs),
-            [
-                {
-                    "work_id": work_id,
-                    "idx": batch_start + i,
-                    "key": key,
-                    "payload": payload,
-                    "state": state,
-                    "attempts": 0,
-                    "created_at": now,
-                }
-                for i, (key, payload) in enumerate(batch)
-            ],
-        )
-    return [
-        int(r)
-        for r in conn.execute(
-            select(jobs.c.id).where(jobs.c.work_id == work_id).order_by(jobs.c.idx)
-        ).scalars()
-    ]
+    pending = JobState.PENDING.value
+    queued = JobState.QUEUED.value
+    left = claim
+
+    def values(start: int, batch: Sequence[tuple[str, bytes]]) -> list[tuple[Any, ...]]:
+        nonlocal left
+        out = []
+        for i, (key, payload) in enumerate(batch, start):
+            if left and i not in skip:
+                left -= 1
+                out.append((work_id, i, key, payload, queued, 1, engine_id, now))
+            else:
+                out.append((work_id, i, key, payload, pending, 0, None, now))
+        return out
+
+    if len(rows) == 1:
+        row = dict(zip(_JOB_COLUMNS, values(first, rows)[0], strict=True))
+        return [hot.insert_row(conn, jobs, row)]
+    for start in range(0, len(rows), 5000):
+        hot.insert_many(conn, jobs, _JOB_COLUMNS, values(first + start, rows[start : start + 5000]))
+    return [r[0] for r in hot.execute(conn, _JOB_IDS, (work_id, first, first + len(rows)))]
+
+
+_JOB_IDS = "SELECT id FROM jobs WHERE work_id = ? AND idx >= ? AND idx < ? ORDER BY idx"
 
 
 def find_memo(conn: Connection, memo_key: str, keys: Sequence[str]) -> dict[str, tuple[int, bytes]]:
@@ -124,27 +157,27 @@ def find_memo(conn: Connection, memo_key: str, keys: Sequence[str]) -> dict[str,
     Looks jobs up by key (indexed), so the cost follows the new work's size, not history.
     """
     found: dict[str, tuple[int, bytes]] = {}
-    for key_batch in chunks(list(keys), 500):
-        rows = conn.execute(
-            select(jobs.c.key, jobs.c.id, jobs.c.result)
-            .join(works, works.c.id == jobs.c.work_id)
-            .where(
-                and_(
-                    jobs.c.key.in_(key_batch),
-                    jobs.c.state == JobState.FINISHED.value,
-                    works.c.memo_key == memo_key,
-                )
-            )
-        )
-        for key, job_id, result in rows:
+    finished = JobState.FINISHED.value
+    for batch in chunks(list(keys), 500):
+        sql = _MEMO.format(keys=hot.placeholders(len(batch)))
+        for key, job_id, result in hot.execute(conn, sql, (*batch, finished, memo_key)):
             found.setdefault(key, (int(job_id), result))
     return found
 
 
-def mark_reused(conn: Connection, reused: Sequence[tuple[int, int, bytes]]) -> None:
+_MEMO = (
+    "SELECT j.key, j.id, j.result FROM jobs j JOIN works w ON w.id = j.work_id "
+    "WHERE j.key IN ({keys}) AND j.state = ? AND w.memo_key = ?"
+)
+
+
+def mark_reused(
+    conn: Connection, reused: Sequence[tuple[int, int, bytes]], first_seq: int = 1
+) -> None:
     """Finish jobs with results of earlier identical jobs: ``(job id, source id, result)``.
 
-    Call on a new work before anything else ends: they take ``done_seq`` 1..n.
+    They take ``done_seq`` ``first_seq``, ``first_seq + 1``, ...: 1..n on a new work before
+    anything else ended, else the numbers :func:`bump_work_counters` just gave them.
     """
     now = time.time()
     if reused:
@@ -159,10 +192,15 @@ def mark_reused(conn: Connection, reused: Sequence[tuple[int, int, bytes]]) -> N
                 done_seq=bindparam("_seq"),
             ),
             [
-                {"_id": j, "_src": src, "_result": r, "_seq": i + 1}
+                {"_id": j, "_src": src, "_result": r, "_seq": first_seq + i}
                 for i, (j, src, r) in enumerate(reused)
             ],
         )
+
+
+def add_reused(conn: Connection, work_id: int, n: int) -> None:
+    """Count ``n`` more reused jobs on a work."""
+    conn.execute(update(works).where(works.c.id == work_id).values(n_reused=works.c.n_reused + n))
 
 
 def claim_jobs(conn: Connection, job_ids: Sequence[int], engine_id: str) -> set[int]:
@@ -172,20 +210,18 @@ def claim_jobs(conn: Connection, job_ids: Sequence[int], engine_id: str) -> set[
     and only ``pending`` rows change, so two engines never hand out the same job.
     """
     claimed: set[int] = set()
+    lock = " FOR UPDATE SKIP LOCKED" if conn.dialect.name == "postgresql" else ""
     for batch in chunks(list(job_ids), 1000):
-        lockable = (
-            select(jobs.c.id)
-            .where(jobs.c.id.in_(batch), jobs.c.state == JobState.PENDING.value)
-            .with_for_update(skip_locked=True)
-        )
-        rows = conn.execute(
-            update(jobs)
-            .where(jobs.c.id.in_(lockable.scalar_subquery()))
-            .values(state=JobState.QUEUED.value, attempts=jobs.c.attempts + 1, claimed_by=engine_id)
-            .returning(jobs.c.id)
-        )
-        claimed.update(int(r[0]) for r in rows)
+        sql = _CLAIM.format(ids=hot.placeholders(len(batch)), lock=lock)
+        params = (JobState.QUEUED.value, engine_id, *batch, JobState.PENDING.value)
+        claimed.update(int(r[0]) for r in hot.execute(conn, sql, params))
     return claimed
+
+
+_CLAIM = (
+    "UPDATE jobs SET state = ?, attempts = attempts + 1, claimed_by = ? WHERE id IN "
+    "(SELECT id FROM jobs WHERE id IN ({ids}) AND state = ?{lock}) RETURNING id"
+)
 
 
 def set_handles(conn: Connection, job_ids: Sequence[int], handles: Sequence[str]) -> None:
@@ -198,27 +234,20 @@ def set_handles(conn: Connection, job_ids: Sequence[int], handles: Sequence[str]
     )
 
 
+_STORE_TERMINAL = (
+    "UPDATE jobs SET state = ?, result = ?, error_type = ?, error_message = ?, traceback = ?, "
+    "attempts = ?, started_at = ?, finished_at = ?, stdout = ?, done_seq = ?, "
+    "backend_handle = ? WHERE id = ?"
+)
+_TERMINAL_KEYS = (
+    "_state", "_result", "_error_type", "_error_message", "_traceback", "_attempts",
+    "_started_at", "_finished_at", "_stdout", "_done_seq", "_handle", "_id",
+)  # fmt: skip
+
+
 def store_terminal(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Write terminal job rows (keys: _id, state, result, error_*, attempts, times, logs)."""
-    if rows:
-        conn.execute(
-            update(jobs)
-            .where(jobs.c.id == bindparam("_id"))
-            .values(
-                state=bindparam("_state"),
-                result=bindparam("_result"),
-                error_type=bindparam("_error_type"),
-                error_message=bindparam("_error_message"),
-                traceback=bindparam("_traceback"),
-                attempts=bindparam("_attempts"),
-                started_at=bindparam("_started_at"),
-                finished_at=bindparam("_finished_at"),
-                stdout=bindparam("_stdout"),
-                done_seq=bindparam("_done_seq"),
-                backend_handle=bindparam("_handle"),
-            ),
-            [{k: v for k, v in row.items() if k not in ("_idx", "_work")} for row in rows],
-        )
+    hot.executemany(conn, _STORE_TERMINAL, [tuple(row[k] for k in _TERMINAL_KEYS) for row in rows])
 
 
 def store_retries(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
@@ -273,37 +302,50 @@ class WorkCounts:
 
 
 def bump_work_counters(
-    conn: Connection, work_id: int, finished: int, failed: int, cancelled: int, skipped: int = 0
+    conn: Connection,
+    work_id: int,
+    finished: int,
+    failed: int,
+    cancelled: int,
+    skipped: int = 0,
+    *,
+    done_status: str | None = None,
 ) -> WorkCounts:
     """Add to a work's terminal counters; return them with the new ``last_seq``.
 
     ``last_seq`` grows by the number of jobs that just ended, and the row update serializes
     concurrent writers (engines), so ``last_seq - n + 1 .. last_seq`` numbers those jobs
     (``done_seq``) without gaps or repeats, even across retries that lower the counters.
+
+    With ``done_status``, the same statement also sets that status and the end time when the
+    new counters make every job terminal (the caller's guess of the final state: it checks the
+    returned counters and corrects the status when they tell otherwise).
     """
     ended = finished + failed + cancelled + skipped
-    row = conn.execute(
-        update(works)
-        .where(works.c.id == work_id)
-        .values(
-            n_finished=works.c.n_finished + finished,
-            n_failed=works.c.n_failed + failed,
-            n_cancelled=works.c.n_cancelled + cancelled,
-            n_skipped=works.c.n_skipped + skipped,
-            last_seq=works.c.last_seq + ended,
-        )
-        .returning(
-            works.c.n_jobs,
-            works.c.n_finished,
-            works.c.n_failed,
-            works.c.n_cancelled,
-            works.c.last_seq,
-            works.c.n_skipped,
-        )
-    ).first()
-    if row is None:
+    params: tuple[Any, ...] = (finished, failed, cancelled, skipped, ended)
+    sql = _BUMP
+    if done_status is not None:
+        sql = _BUMP_AND_END
+        params = (*params, ended, done_status, ended, time.time())
+    rows = hot.execute(conn, sql, (*params, work_id))
+    if not rows:
         raise NotFoundError(f"work {work_id} does not exist")
-    return WorkCounts(*(int(v) for v in row))
+    return WorkCounts(*(int(v) for v in rows[0]))
+
+
+_BUMP_SET = (
+    "UPDATE works SET n_finished = n_finished + ?, n_failed = n_failed + ?, "
+    "n_cancelled = n_cancelled + ?, n_skipped = n_skipped + ?, last_seq = last_seq + ?"
+)
+_ALL_ENDED = "n_finished + n_failed + n_cancelled + n_skipped + ? >= n_jobs"
+_BUMP_WHERE = (
+    " WHERE id = ? RETURNING n_jobs, n_finished, n_failed, n_cancelled, last_seq, n_skipped"
+)
+_BUMP = _BUMP_SET + _BUMP_WHERE
+_BUMP_AND_END = (
+    f"{_BUMP_SET}, status = CASE WHEN {_ALL_ENDED} THEN ? ELSE status END, "
+    f"finished_at = CASE WHEN {_ALL_ENDED} THEN ? ELSE finished_at END{_BUMP_WHERE}"
+)
 
 
 def reopen_failed_jobs(conn: Connection, work_id: int) -> list[tuple[int, int, bytes]]:
@@ -339,10 +381,14 @@ def reopen_failed_jobs(conn: Connection, work_id: int) -> list[tuple[int, int, b
 
 def set_work_status(conn: Connection, work_id: int, status: str, finished: bool) -> None:
     """Set a work's status (and its end time when it is terminal)."""
-    values: dict[str, Any] = {"status": status}
     if finished:
-        values["finished_at"] = time.time()
-    conn.execute(update(works).where(works.c.id == work_id).values(**values))
+        conn.execute(_SET_STATUS_ENDED, {"w": work_id, "s": status, "t": time.time()})
+    else:
+        conn.execute(_SET_STATUS, {"w": work_id, "s": status})
+
+
+_SET_STATUS = update(works).where(works.c.id == bindparam("w")).values(status=bindparam("s"))
+_SET_STATUS_ENDED = _SET_STATUS.values(finished_at=bindparam("t"))
 
 
 def cancel_open_jobs(conn: Connection, work_id: int, message: str) -> list[ResultRecord]:

@@ -100,7 +100,11 @@ class Monitor:
         if not jobs:
             return []
         now = time.time() if now is None else now
-        beats = self._heartbeats([j.job_id for j in jobs])
+        ids = [j.job_id for j in jobs]
+        beats = self._engine.last_heartbeats(ids)
+        unheard = [j for j in ids if j not in beats]  # e.g. adopted after a restart
+        if unheard:
+            beats.update(self._heartbeats(unheard))
         failures: list[Outcome] = []
         to_cancel: dict[str, list[str]] = defaultdict(list)
         by_backend: dict[str, list[RemoteJob]] = defaultdict(list)

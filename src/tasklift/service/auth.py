@@ -34,6 +34,11 @@ logger = logging.getLogger(__name__)
 TOKEN_PREFIX = "tl_"
 DEFAULT_TOKEN_LIFETIME = 90 * 24 * 3600.0  # API tokens, unless create_token says otherwise
 LAST_USED_RESOLUTION = 60.0  # last_used_at is written at most once a minute per token
+TOKEN_CACHE_TTL = 2.0
+"""Seconds a verified API token is trusted without a database read. Revoking through this
+server's Authenticator takes effect at once; a revocation made elsewhere (``tasklift token
+revoke`` on the database) within this many seconds."""
+TOKEN_CACHE_MAX = 10_000
 OIDC_ALGORITHMS = [f"{fam}{bits}" for fam in ("RS", "PS", "ES") for bits in (256, 384, 512)]
 OIDC_ALGORITHMS.append("EdDSA")  # asymmetric only: HS256 JWTs are job tokens
 OIDC_LEEWAY = 30.0  # seconds of clock skew tolerated between the issuer and this server
@@ -184,8 +189,13 @@ class Authenticator:
         ConfigError: ``oidc_issuer`` is set without ``oidc_audience`` or ``oidc_jwks``.
     """
 
-    def __init__(self, *, db: Engine, settings: Settings) -> None:
+    def __init__(
+        self, *, db: Engine, settings: Settings, cache_ttl: float = TOKEN_CACHE_TTL
+    ) -> None:
         self._db = db
+        self._cache_ttl = cache_ttl
+        # sha256 of the whole token -> (monotonic deadline, token id, principal)
+        self._cache: dict[str, tuple[float, int, Principal]] = {}
         self._settings = settings
         self._admins = frozenset(settings.admins)
         self._job_key: bytes | None = None
@@ -209,7 +219,7 @@ class Authenticator:
         if scheme.lower() != "bearer" or not token or " " in token:
             raise AuthenticationError("malformed Authorization header: expected 'Bearer <token>'")
         if token.startswith(TOKEN_PREFIX):
-            return self._check_api_token(token)
+            return self.cached(authorization) or self._check_api_token(token)
         if token.count(".") == 2:
             try:
                 header = jwt.get_unverified_header(token)
@@ -222,6 +232,37 @@ class Authenticator:
                 return self._check_oidc(token, kid)
             raise AuthenticationError("unsupported JWT (signing algorithm or key id)")
         raise AuthenticationError("unrecognized token: not a tasklift API token, job token or JWT")
+
+    def cached(self, authorization: str | None) -> Principal | None:
+        """The caller of an API token verified less than ``cache_ttl`` seconds ago, else None.
+
+        No I/O: the service calls it on its event loop and verifies misses in a thread.
+        """
+        if not authorization or not authorization.startswith("Bearer " + TOKEN_PREFIX):
+            return None
+        hit = self._cache.get(_sha256(authorization[7:].strip()))
+        if hit is None or time.monotonic() >= hit[0]:
+            return None
+        return hit[2]
+
+    def _remember(self, token: str, token_id: int, info: TokenInfo, principal: Principal) -> None:
+        if self._cache_ttl <= 0:
+            return
+        ttl = self._cache_ttl
+        if info.expires_at is not None:
+            ttl = min(ttl, info.expires_at - time.time())
+        if len(self._cache) >= TOKEN_CACHE_MAX:
+            self._cache.clear()
+        self._cache[_sha256(token)] = (time.monotonic() + ttl, token_id, principal)
+
+    def forget(self, token_id: int | None = None) -> None:
+        """Drop cached verifications (of one token, or all): the next use reads the database."""
+        if token_id is None:
+            self._cache.clear()
+            return
+        for key, (_, cached_id, _) in list(self._cache.items()):
+            if cached_id == token_id:
+                self._cache.pop(key, None)
 
     def _check_api_token(self, token: str) -> Principal:
         match = _API_TOKEN.fullmatch(token)
@@ -247,7 +288,9 @@ class Authenticator:
                     conn.execute(stmt.values(last_used_at=now))
             except SQLAlchemyError as exc:  # bookkeeping only: never fail the request for it
                 logger.warning("could not record the use of API token %d: %s", token_id, exc)
-        return Principal(user=info.user, is_admin=info.is_admin or info.user in self._admins)
+        principal = Principal(user=info.user, is_admin=info.is_admin or info.user in self._admins)
+        self._remember(token, token_id, info, principal)
+        return principal
 
     def _check_job_token(self, token: str) -> Principal:
         options: Any = {"require": ["exp", "sub", "typ", "wf"]}
@@ -377,6 +420,7 @@ class Authenticator:
                 raise NotFoundError(f"API token {token_id} does not exist")
             stmt = update(_tokens).where(_tokens.c.id == token_id, _tokens.c.revoked_at.is_(None))
             conn.execute(stmt.values(revoked_at=time.time()))
+        self.forget(token_id)
         logger.info("revoked API token %d", token_id)
 
 

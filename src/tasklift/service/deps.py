@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Header, Path, Request
+from starlette.concurrency import run_in_threadpool
 
 from tasklift.service.principal import Principal
 
 if TYPE_CHECKING:
     from tasklift.engine.core import Engine
+    from tasklift.service.auth import Authenticator
     from tasklift.settings import Settings
 
 __all__ = ["MAX_ID", "EngineDep", "IdPath", "PrincipalDep", "SettingsDep", "UserDep"]
@@ -18,31 +20,38 @@ MAX_ID = 2_147_483_647
 """Ids are 32-bit in the database; larger ones cannot exist (404/422, never a 500)."""
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     """The engine of this server process."""
     engine: Engine = request.app.state.engine
     return engine
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The settings the app was created with."""
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_principal(
+async def get_principal(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Principal:
-    """Authenticate the ``Authorization: Bearer`` header (or the web session cookie)."""
+    """Authenticate the ``Authorization: Bearer`` header (or the web session cookie).
+
+    A token verified in the last seconds is answered from the authenticator's cache on the
+    event loop; anything else is verified in a worker thread (it may read the database).
+    """
     if authorization is None:
         cookie = request.cookies.get("tasklift_session")
         if cookie:
             authorization = f"Bearer {cookie}"
-    principal: Principal = request.app.state.auth.authenticate(authorization)
+    auth: Authenticator = request.app.state.auth
+    principal = auth.cached(authorization)
+    if principal is None:
+        principal = await run_in_threadpool(auth.authenticate, authorization)
     return principal
 
 
-def get_user(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+async def get_user(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
     """Authenticate and refuse job tokens."""
     principal.require_user()
     return principal

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import time
 from typing import Any
 
 from fastapi import APIRouter, Query
@@ -69,10 +68,9 @@ def get_spec(job_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> JobS
     job, work = found["job"], found["work"]
     options = json.loads(work["options"])
     spec = JobSpec(job_id, int(job["attempts"]) or 1, job["payload"])
-    with engine.db.begin() as conn:
+    with engine.db.connect() as conn:
         [spec] = dataflow.resolve_payloads(conn, [spec])
-        # fetching its spec is the runner's first sign of life (its first heartbeat)
-        conn.execute(update(q.jobs).where(q.jobs.c.id == job_id).values(heartbeat_at=time.time()))
+    engine.note_heartbeat(job_id)  # fetching its spec is the runner's first sign of life
     return JobSpecPublic(
         job_id=job_id,
         work_id=work["id"],
@@ -107,8 +105,9 @@ def heartbeat(
             f"job {job_id} attempt {attempt} is not running here (cancelled, timed out, lost, "
             "or superseded by a retry)"
         )
-    with engine.db.begin() as conn:
-        conn.execute(update(q.jobs).where(q.jobs.c.id == job_id).values(heartbeat_at=time.time()))
+    now = engine.note_heartbeat(job_id)
+    with engine.db.begin() as conn:  # kept for the web pages and for a restarted engine
+        conn.execute(update(q.jobs).where(q.jobs.c.id == job_id).values(heartbeat_at=now))
 
 
 @router.post("/{job_id}/outcome")

@@ -1,41 +1,50 @@
-"""Routes: works (bulk create with all jobs, get, cancel, retry failed, jobs, results)."""
+"""Routes: works (bulk create with all jobs, optionally streaming its results; get, cancel,
+retry failed, jobs, results with long polling)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import json
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from tasklift.bus.base import work_destination
 from tasklift.db import queries as q
 from tasklift.engine.dataflow import Ref
 from tasklift.engine.specs import WorkSpec
 from tasklift.errors import SubmissionError
 from tasklift.service.access import visible_work, visible_workflow
 from tasklift.service.deps import MAX_ID, EngineDep, IdPath, PrincipalDep
+from tasklift.service.principal import Principal
 from tasklift.service.schemas import (
     JobPublic,
     JobsPublic,
-    ResultPublic,
     ResultsPage,
     WorkCreate,
     WorkPublic,
 )
+from tasklift.service.waiting import ResultFollower, ResultWaiter, page_dict, read_results
 from tasklift.states import WORK_TERMINAL, WorkflowState
+
+if TYPE_CHECKING:
+    from tasklift.engine.core import Engine, WorkRecord
 
 router = APIRouter(prefix="/works", tags=["works"])
 
 MAX_WAIT = 30.0
-RECHECK = 0.5
+"""Longest ``wait`` a request may ask for (seconds)."""
+RESULTS_PAGE = 1000
+NDJSON = "application/x-ndjson"
+_TERMINAL = frozenset(s.value for s in WORK_TERMINAL)
 
 
 def work_public(row: dict[str, Any]) -> WorkPublic:
@@ -94,9 +103,13 @@ def job_public(row: dict[str, Any], serializer: str) -> JobPublic:
     )
 
 
-@router.post("", status_code=201)
-def create_work(body: WorkCreate, engine: EngineDep, principal: PrincipalDep) -> WorkPublic:
-    """Store a work with all its jobs in one transaction and queue them."""
+def _create(
+    body: WorkCreate,
+    engine: Engine,
+    principal: Principal,
+    on_stored: Callable[[WorkRecord], None] | None,
+) -> WorkRecord:
+    """Check, store and queue the work (runs in a worker thread)."""
     with engine.db.connect() as conn:
         workflow = visible_workflow(conn, principal, body.workflow_id)
     if workflow["status"] != WorkflowState.RUNNING.value:
@@ -173,9 +186,102 @@ def create_work(body: WorkCreate, engine: EngineDep, principal: PrincipalDep) ->
         min_success=body.min_success,
         jobs=jobs,
         reuse=body.reuse and not workflow["fresh"],
+        on_stored=on_stored,
         refs=refs if any(refs) else None,
     )
+    return record
+
+
+def _create_public(body: WorkCreate, engine: Engine, principal: Principal) -> WorkPublic:
+    record = _create(body, engine, principal, None)
     return work_public(engine.work_row(record.work_id))
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=WorkPublic,
+    responses={
+        201: {
+            "content": {NDJSON: {}},
+            "description": "With ``wait``: the work, then results pages (one JSON per line).",
+        }
+    },
+)
+async def create_work(
+    body: WorkCreate,
+    engine: EngineDep,
+    principal: PrincipalDep,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0.0,
+) -> Response:
+    """Store a work with all its jobs in one transaction and queue them.
+
+    With ``wait`` (seconds), the answer is ``application/x-ndjson``: on the first line the new
+    work's ``id``, ``workflow_id``, ``n_jobs`` and ``n_reused`` (``GET /works/{id}`` has the
+    rest), then a ``ResultsPage`` line each time results are in (as the results endpoint gives
+    them), until one says ``done`` or ``wait`` has passed; continue from its ``cursor`` with
+    ``GET /works/{id}/results``. One request then both creates a work and brings its results.
+    """
+    if wait <= 0:
+        work = await run_in_threadpool(_create_public, body, engine, principal)
+        return Response(work.model_dump_json(), status_code=201, media_type="application/json")
+    loop = asyncio.get_running_loop()
+    waiters: list[ResultWaiter] = []
+
+    def listen(record: WorkRecord) -> None:  # before any job of the work can end
+        waiters.append(ResultWaiter(engine, record.work_id, loop))
+
+    try:
+        record = await run_in_threadpool(_create, body, engine, principal, listen)
+    except BaseException:
+        for waiter in waiters:
+            waiter.close()
+        raise
+    [waiter] = waiters
+    follower = ResultFollower(engine, waiter, record.work_id, 0, RESULTS_PAGE)
+    follower.n_jobs = record.n_jobs
+    created = {
+        "id": record.work_id,
+        "workflow_id": body.workflow_id,
+        "n_jobs": record.n_jobs,
+        "n_reused": record.n_reused,
+    }
+    return StreamingResponse(
+        _stream(created, follower, loop.time() + wait),
+        status_code=201,
+        media_type=NDJSON,
+        background=BackgroundTask(_close, waiter),  # also when the stream never started
+    )
+
+
+async def _close(waiter: ResultWaiter) -> None:
+    waiter.close()  # on the event loop: a plain function would cost a worker thread
+
+
+async def _stream(
+    created: dict[str, Any], follower: ResultFollower, deadline: float
+) -> AsyncIterator[bytes]:
+    """The lines of a ``create_work`` answer with ``wait``."""
+    try:
+        yield orjson.dumps(created) + b"\n"
+        # reused jobs are stored ended, never announced: read them; the rest is announced
+        read = created["n_reused"] > 0
+        while True:
+            # a page, or nothing: the work is done or the deadline passed
+            records = await follower.next_page(deadline, read_first=read)
+            read = False
+            yield orjson.dumps(page_dict(records, follower.cursor, follower.done)) + b"\n"
+            if follower.done or not records:
+                return
+            if follower.took_all():  # tell the client it need not ask again
+                records = await follower.check_done()
+                if records or follower.done:
+                    page = page_dict(records, follower.cursor, follower.done)
+                    yield orjson.dumps(page) + b"\n"
+                if follower.done:
+                    return
+    finally:
+        follower.waiter.close()
 
 
 @router.get("/{work_id}")
@@ -229,63 +335,37 @@ def list_jobs(
     return JobsPublic(data=[job_public(dict(r), serializer) for r in rows], count=int(count or 0))
 
 
-@router.get("/{work_id}/results")
+@router.get("/{work_id}/results", response_model=ResultsPage)
 async def list_results(
     work_id: IdPath,
     engine: EngineDep,
     principal: PrincipalDep,
     since: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = RESULTS_PAGE,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0.0,
-) -> ResultsPage:
+) -> Response:
     """Results that ended after cursor ``since``; with ``wait``, hold until one arrives.
 
-    A client that reconnects passes its last cursor and gets everything it missed.
+    A client that reconnects passes its last cursor and gets everything it missed. A waiting
+    request wakes when the engine announces the work's results (see ``service.waiting``).
     """
-
-    def fetch() -> tuple[list[q.ResultRecord], dict[str, Any]]:
-        with engine.db.connect() as conn:
-            work = visible_work(conn, principal, work_id)
-            return q.result_records(conn, work_id, since, limit), work
-
-    records, work = await run_in_threadpool(fetch)
-    if not records and wait > 0 and work["status"] not in {s.value for s in WORK_TERMINAL}:
-        loop = asyncio.get_running_loop()
-        arrived = asyncio.Event()
-        sub = engine.bus.subscribe(
-            work_destination(work_id), lambda _m: loop.call_soon_threadsafe(arrived.set)
+    loop = asyncio.get_running_loop()
+    waiter = ResultWaiter(engine, work_id, loop) if wait > 0 else None
+    try:
+        records, work = await run_in_threadpool(
+            read_results, engine, work_id, since, limit, principal
         )
-        try:
-            deadline = loop.time() + wait
-            records, work = await run_in_threadpool(fetch)  # closes the subscribe race
-            while not records and loop.time() < deadline:
-                # woken by this process's bus; re-read now and then for results that another
-                # engine committed (it announces them on its own bus)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(arrived.wait(), min(RECHECK, deadline - loop.time()))
-                arrived.clear()
-                records, work = await run_in_threadpool(fetch)
-                if work["status"] in {s.value for s in WORK_TERMINAL}:
-                    break
-        finally:
-            sub.close()
-    cursor = records[-1].done_seq if records else since
-    done = work["status"] in {s.value for s in WORK_TERMINAL} and cursor >= work["last_seq"]
-    return ResultsPage(
-        data=[
-            ResultPublic(
-                job_id=r.job_id,
-                idx=r.idx,
-                state=r.state,
-                result=base64.b64encode(r.result).decode() if r.result is not None else None,
-                error_type=r.error_type,
-                error_message=r.error_message,
-                traceback=r.traceback,
-                attempts=r.attempts,
-                done_seq=r.done_seq,
-            )
-            for r in records
-        ],
-        cursor=cursor,
-        done=done,
-    )
+        cursor = records[-1].done_seq if records else since
+        done = work["status"] in _TERMINAL and cursor >= work["last_seq"]
+        if waiter is not None and not records and not done:
+            follower = ResultFollower(engine, waiter, work_id, since, limit)
+            follower.n_jobs = int(work["n_jobs"])
+            records = await follower.next_page(loop.time() + wait, read_first=False)
+            if records and follower.took_all() and not follower.done and len(records) < limit:
+                follower.limit = limit - len(records)
+                records += await follower.check_done()
+            cursor, done = follower.cursor, follower.done
+    finally:
+        if waiter is not None:
+            waiter.close()
+    return Response(orjson.dumps(page_dict(records, cursor, done)), media_type="application/json")

@@ -1,0 +1,174 @@
+"""The jobs of one work as ``(key, payload)`` pairs, computed chunk by chunk as asked for.
+
+A large work is stored in chunks while its first jobs already run (see
+:data:`tasklift.engine.core.STORE_CHUNK`); computing every job's canonical JSON, key and
+payload before storing the first one would delay a million-job work's first result by seconds.
+Keys are kept (they name the results); payloads are made for the asked range only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, overload
+
+from tasklift.errors import SubmissionError
+
+__all__ = ["EAGER_UP_TO", "JobList", "LazyCalls"]
+
+EAGER_UP_TO = 20_000
+"""Works up to this many jobs are computed at once (every error raises at the call)."""
+
+Call = tuple[list[Any], dict[str, Any]]
+
+
+class JobList(Sequence[tuple[str, bytes]]):
+    """``(key, payload)`` of every job of a work, in order; thread-safe.
+
+    Args:
+        name: the work's name (for messages).
+        calls: ``(args, kwargs)`` per job as the function gets them (the payloads).
+        key_calls: ``(args, kwargs)`` per job as they define its key.
+        texts: canonical text of each of a batch of ``key_calls`` (hashed into the key).
+        payloads: serialized payload of each of a batch of ``calls``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        calls: Sequence[Call],
+        key_calls: Sequence[Call],
+        texts: Callable[[Sequence[Call]], list[str]],
+        payloads: Callable[[Sequence[Call]], list[bytes]],
+        hash_text: Callable[[str], str],
+    ) -> None:
+        self._name = name
+        self._calls = calls
+        self._key_calls = key_calls
+        self._texts = texts
+        self._payloads = payloads
+        self._hash = hash_text
+        self._keys: list[str] = []
+        self._seen: dict[str, int] = {}
+        self._last: tuple[int, int, Sequence[Call]] | None = None  # calls made for keys
+        self._lock = threading.Lock()
+        self.keys: Sequence[str] = _Keys(self)
+        if len(calls) <= EAGER_UP_TO:
+            self._ensure(len(calls))
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[str, bytes]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[tuple[str, bytes]]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                raise ValueError("JobList slices must be contiguous")
+            self._ensure(stop)
+            last = self._last
+            if last is not None and last[:2] == (start, stop):
+                calls = last[2]  # the same calls made the keys just now (a lazy group)
+            else:
+                calls = self._calls[start:stop]
+            self._last = None
+            return list(zip(self._keys[start:stop], self._payloads(calls), strict=True))
+        position = range(len(self))[index]
+        self._ensure(position + 1)
+        return self._keys[position], self._payloads([self._calls[position]])[0]
+
+    def __iter__(self) -> Iterator[tuple[str, bytes]]:
+        for start in range(0, len(self), 10_000):
+            yield from self[start : start + 10_000]
+
+    def key(self, index: int) -> str:
+        """The key of job ``index``."""
+        position = range(len(self))[index]
+        self._ensure(position + 1)
+        return self._keys[position]
+
+    def all_keys(self) -> list[str]:
+        """Every key (computing the rest)."""
+        self._ensure(len(self))
+        return self._keys
+
+    def _ensure(self, upto: int) -> None:
+        """Compute keys up to ``upto`` (exclusive), checking that no two jobs are the same."""
+        if len(self._keys) >= upto:
+            return
+        with self._lock:
+            start = len(self._keys)
+            if start >= upto:
+                return
+            batch = self._key_calls[start:upto]
+            if self._key_calls is self._calls:
+                self._last = (start, upto, batch)
+            texts = self._texts(batch)
+            for i, text in enumerate(texts, start):
+                key = self._hash(text)
+                seen = self._seen.setdefault(key, i)
+                if seen != i:
+                    raise SubmissionError(
+                        f"work {self._name!r}: jobs #{seen} and #{i} have identical "
+                        "arguments; jobs are identified by their kwargs (add e.g. a seed to "
+                        "tell them apart)",
+                        key=key,
+                    )
+                self._keys.append(key)
+            if len(self._keys) == len(self._calls):
+                self._seen = {}  # every key is known and checked: the index is not needed
+
+
+class _Keys(Sequence[str]):
+    """A work's job keys by index (computed on first use)."""
+
+    def __init__(self, jobs: JobList) -> None:
+        self._jobs = jobs
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return self._jobs.all_keys()[index]
+        return self._jobs.key(index)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._jobs.all_keys())
+
+
+class LazyCalls(Sequence[Call]):
+    """The ``(args, kwargs)`` of each job of a large group, made per slice when asked for
+    (by ``make``, e.g. ``WorkFunction.calls`` over that slice of the group)."""
+
+    def __init__(self, make: Callable[[Sequence[Any]], list[Call]], group: Sequence[Any]) -> None:
+        self._make = make
+        self._group = group
+
+    def __len__(self) -> int:
+        return len(self._group)
+
+    @overload
+    def __getitem__(self, index: int) -> Call: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Call]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                raise ValueError("LazyCalls slices must be contiguous")
+            return self._make(self._group[start:stop])
+        return self._make([self._group[index]])[0]

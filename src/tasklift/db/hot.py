@@ -1,0 +1,110 @@
+"""The per-job statements as driver SQL on the cursor of the caller's transaction.
+
+Profiling the embedded engine (issue 7, ``docs/benchmarks.md``) showed SQLAlchemy's execution
+machinery costing about three times the statements themselves on SQLite for the few
+statements that run once per work, per dispatch batch or per outcome batch: store a work and
+its jobs, claim jobs, bump a work's counters, store outcomes, look up memoised jobs. Those run
+here as plain SQL on the DBAPI cursor of the caller's connection, inside its transaction
+(callers own it, as everywhere in :mod:`tasklift.db.queries`). The same text serves SQLite and
+PostgreSQL: ``?`` placeholders become ``%s`` for psycopg. Every other statement stays Core.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Table
+
+__all__ = ["execute", "executemany", "insert_many", "insert_row", "placeholders"]
+
+
+@functools.lru_cache(maxsize=256)
+def _dialect_text(sql: str, qmark: bool) -> str:
+    return sql if qmark else sql.replace("?", "%s")
+
+
+def _cursor(conn: Connection) -> tuple[Any, bool]:
+    return conn.connection.cursor(), conn.dialect.paramstyle == "qmark"
+
+
+def execute(conn: Connection, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """Run one statement (``?`` placeholders) and return its rows (empty without any)."""
+    cursor, qmark = _cursor(conn)
+    try:
+        cursor.execute(_dialect_text(sql, qmark), tuple(params))
+        return [tuple(r) for r in cursor.fetchall()] if cursor.description else []
+    finally:
+        cursor.close()
+
+
+def executemany(conn: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """Run one statement once per parameter row (no result rows)."""
+    if not rows:
+        return
+    cursor, qmark = _cursor(conn)
+    try:
+        cursor.executemany(_dialect_text(sql, qmark), rows)
+    finally:
+        cursor.close()
+
+
+def placeholders(n: int) -> str:
+    """``?, ?, ..., ?`` with ``n`` placeholders (for IN lists)."""
+    return ", ".join("?" * n)
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_text(
+    table: Table, columns: tuple[str, ...], computed: tuple[tuple[str, str], ...] = ()
+) -> tuple[str, tuple[Any, ...]]:
+    """INSERT text for ``columns`` (placeholders) and ``computed`` (column, SQL expression)
+    pairs, plus the scalar Python defaults of the columns not named (Core fills those in
+    itself; plain SQL must name them). Returns the text and those default values, which go
+    after the expressions' parameters."""
+    named = {*columns, *(c for c, _ in computed)}
+    extra = tuple(
+        (c.name, c.default.arg)
+        for c in table.columns
+        if c.name not in named and c.default is not None and getattr(c.default, "is_scalar", False)
+    )
+    names = [*columns, *(c for c, _ in computed), *(c for c, _ in extra)]
+    slots = ["?"] * len(columns) + [f"({sql})" for _, sql in computed] + ["?"] * len(extra)
+    quoted = ", ".join(f'"{name}"' for name in names)
+    text = f"INSERT INTO {table.name} ({quoted}) VALUES ({', '.join(slots)})"
+    return text, tuple(value for _, value in extra)
+
+
+def insert_row(
+    conn: Connection,
+    table: Table,
+    values: dict[str, Any],
+    computed: tuple[tuple[str, str], ...] = (),
+    computed_params: Sequence[Any] = (),
+) -> int:
+    """Insert one row and return its integer primary key ``id``.
+
+    ``computed`` gives columns whose value is an SQL expression (e.g. a scalar subquery for
+    the next sequence number) evaluated by the same statement, with ``computed_params``.
+    """
+    sql, defaults = _insert_text(table, tuple(values), computed)
+    params = [*values.values(), *computed_params, *defaults]
+    cursor, qmark = _cursor(conn)
+    try:
+        if qmark:
+            cursor.execute(sql, params)
+            return int(cursor.lastrowid)
+        cursor.execute(_dialect_text(sql + " RETURNING id", qmark), params)
+        return int(cursor.fetchone()[0])
+    finally:
+        cursor.close()
+
+
+def insert_many(
+    conn: Connection, table: Table, columns: tuple[str, ...], rows: Iterable[Sequence[Any]]
+) -> None:
+    """Insert rows given as tuples in ``columns`` order (one executemany)."""
+    sql, defaults = _insert_text(table, columns)
+    data = [(*row, *defaults) for row in rows] if defaults else list(rows)
+    executemany(conn, sql, data)
