@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
 from bench.systems import SYSTEMS  # noqa: E402
 from bench.systems.base import DEFAULTS, PEER_WORKLOADS  # noqa: E402
 
-DEFAULT_SYSTEMS = ("processpool", "ray", "parsl", "dask", "celery", "tasklift")
+DEFAULT_SYSTEMS = ("processpool", "ray", "parsl", "dask", "celery", "tasklift", "tasklift-server")
 TASKLIFT_ONLY = ("w5",)
 """Workloads passed only to the tasklift systems."""
 SEPARATE = ("w5",)

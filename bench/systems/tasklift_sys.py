@@ -149,8 +149,87 @@ class TaskliftSystem(BenchSystem):
         self._home.cleanup()
 
 
+class _BenchServer:
+    """A `tasklift server` of its own for W6: a fresh PostgreSQL database on 127.0.0.1:5432,
+    the STOMP bus on RabbitMQ at 127.0.0.1:61613, 2 workers, a free port; removed afterwards."""
+
+    PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
+    STOMP = "stomp://guest:guest@127.0.0.1:61613"
+
+    def __init__(self, home: Path) -> None:
+        import socket
+        import subprocess
+        import sys
+
+        import httpx
+        import sqlalchemy as sa
+
+        from tasklift.db.session import create_db_engine, upgrade
+        from tasklift.service.auth import Authenticator
+        from tasklift.settings import Settings
+
+        self.name = f"tasklift_bench_{uuid.uuid4().hex[:10]}"
+        self._admin = sa.create_engine(f"{self.PG}/postgres", isolation_level="AUTOCOMMIT")
+        try:
+            with self._admin.connect() as conn:
+                conn.execute(sa.text(f'CREATE DATABASE "{self.name}"'))
+        except sa.exc.OperationalError as exc:
+            raise Unavailable(f"W6 needs PostgreSQL at 127.0.0.1:5432: {exc}") from exc
+        db_url = f"{self.PG}/{self.name}"
+        db = create_db_engine(db_url)
+        upgrade(db)
+        settings = Settings(home=home / "server", db_url=db_url, quiet=True)
+        _, token = Authenticator(db=db, settings=settings).create_token(user="bench")
+        db.dispose()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        env = dict(os.environ, TASKLIFT_HOME=str(home / "server"), TASKLIFT_WORKERS=str(WORKERS))
+        env.pop("TASKLIFT_TOKEN", None)
+        self._log = open(home / "server.log", "wb")  # noqa: SIM115 - kept by the server
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tasklift.cli", "server", "--db", db_url, "--port", str(port),
+             "--bus", f"{self.STOMP}/tl-bench-{self.name[-10:]}", "--log-level", "warning"],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            if self._proc.poll() is not None:
+                self.stop()
+                raise Unavailable(f"tasklift server exited early; see {home / 'server.log'}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise Unavailable("tasklift server did not answer /health within 60 s")
+            time.sleep(0.1)
+        os.environ["TASKLIFT_TOKEN"] = token  # the client's credential for this server
+
+    def stop(self) -> None:
+        import subprocess
+
+        import sqlalchemy as sa
+
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=5)
+        self._log.close()
+        with self._admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+        self._admin.dispose()
+
+
 class TaskliftServerSystem(TaskliftSystem):
-    """W6: W1 and W3 through ``tasklift server`` (URL in ``TASKLIFT_BENCH_SERVICE``).
+    """W6: W1 and W3 through ``tasklift server`` with PostgreSQL and the STOMP bus: one started
+    for the run, or the one at ``TASKLIFT_BENCH_SERVICE`` (with ``TASKLIFT_TOKEN``).
 
     The server's database outlives a bench run: every run tags its jobs with a prefix of its
     own, so no repeat is served from the memo of an earlier one.
@@ -161,11 +240,20 @@ class TaskliftServerSystem(TaskliftSystem):
 
     def __init__(self) -> None:
         super().__init__()
+        self._server: _BenchServer | None = None
         url = os.environ.get("TASKLIFT_BENCH_SERVICE")
-        if not url:
-            raise Unavailable("set TASKLIFT_BENCH_SERVICE to the URL of a running tasklift server")
+        if not url:  # start our own: PostgreSQL database, STOMP bus, 2 workers
+            self._server = _BenchServer(Path(self._home.name))
+            url = self._server.url
         self.service = url
         self._run = uuid.uuid4().hex[:12]
+
+    def close(self) -> None:
+        """Stop the server this run started (and drop its database)."""
+        super().close()
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
 
     def map(self, fn, args: list[Any]) -> list[Any]:
         """One work of ``len(args)`` jobs (tags unique to this run)."""
