@@ -112,6 +112,7 @@ class JobAPIServer:
         family = socket.AF_INET6 if ":" in self._bind else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by connections
         try:
             sock.bind((self._bind, 0))
         except OSError as exc:
