@@ -165,23 +165,10 @@ def server(db_url: str, tmp_path: Path) -> Iterator[Server]:
     srv.stop()
 
 
+
 @pytest.fixture
 def stomp_url() -> str:
     """A private destination prefix on RabbitMQ's STOMP plugin (enabled here when it is off)."""
-    import uuid as _uuid
+    from stomp_broker import private_stomp_url, require_stomp
 
-    def ready() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", 61613), timeout=2):
-                return True
-        except OSError:
-            return False
-
-    if not ready():
-        subprocess.run(["bash", str(REPO / "scripts" / "enable-stomp.sh")], capture_output=True,
-                       timeout=180, check=False)
-    if not ready():
-        if os.environ.get("CI"):
-            pytest.fail("RabbitMQ's STOMP port 61613 is closed (CI needs it)")
-        pytest.skip("RabbitMQ's STOMP port 61613 is closed")
-    return f"stomp://guest:guest@127.0.0.1:61613/tl-test-{_uuid.uuid4().hex[:8]}"
+    return private_stomp_url(require_stomp())

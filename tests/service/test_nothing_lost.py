@@ -25,7 +25,7 @@ from types import ModuleType
 
 import pytest
 
-from stomp_broker import broker_stopped, private_stomp_url, require_stomp
+from stomp_broker import broker_stopped
 
 pytestmark = [pytest.mark.stomp, pytest.mark.slow]
 
@@ -152,11 +152,6 @@ class Client:
         for pipe in (self.proc.stdout, self.proc.stderr):
             if pipe is not None:
                 pipe.close()
-
-
-@pytest.fixture
-def stomp_url() -> str:
-    return private_stomp_url(require_stomp())
 
 
 @pytest.fixture

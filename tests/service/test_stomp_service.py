@@ -2,38 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
 from test_api import run_campaign
 
-from conftest import REPO, start_server
+from conftest import start_server
 
 pytestmark = pytest.mark.stomp
-
-
-def _stomp_ready() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 61613), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.fixture
-def stomp_url() -> str:
-    if not _stomp_ready():
-        subprocess.run(["bash", str(REPO / "scripts" / "enable-stomp.sh")], capture_output=True,
-                       timeout=180, check=False)
-    if not _stomp_ready():
-        if os.environ.get("CI"):
-            pytest.fail("RabbitMQ's STOMP port 61613 is closed (CI needs it)")
-        pytest.skip("RabbitMQ's STOMP port 61613 is closed")
-    return f"stomp://guest:guest@127.0.0.1:61613/tl-test-{uuid.uuid4().hex[:8]}"
 
 
 def test_server_with_stomp_bus_delivers_every_result(tmp_path: Path, stomp_url: str):
