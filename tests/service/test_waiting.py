@@ -11,7 +11,6 @@ import httpx
 import orjson
 import pytest
 from sqlalchemy import Engine, delete, event
-from test_stomp_service import stomp_url  # noqa: F401 - fixture
 
 from conftest import start_server
 from tasklift import get_unique_id_for_dict
@@ -180,7 +179,7 @@ def test_a_stream_that_ends_first_is_continued_by_long_polls(server) -> None:
 
 
 @pytest.mark.stomp
-def test_long_polls_on_a_stomp_server(tmp_path: Path, stomp_url: str) -> None:  # noqa: F811
+def test_long_polls_on_a_stomp_server(tmp_path: Path, stomp_url: str) -> None:
     server = start_server(f"sqlite:///{tmp_path / 's.db'}", tmp_path / "home",
                           extra_env={"TASKLIFT_BUS": stomp_url})
     try:
