@@ -16,7 +16,7 @@ from rich.table import Table
 from tasklift.cli.root import cli
 from tasklift.db.session import create_db_engine, mask_url, schema_is_current
 from tasklift.errors import ConfigError, NotFoundError
-from tasklift.service.auth import Authenticator
+from tasklift.service.auth import TOKEN_CACHE_TTL, Authenticator
 from tasklift.settings import Settings
 
 __all__ = ["token_group"]
@@ -122,7 +122,13 @@ def list_command(settings: Settings, user: str | None, as_json: bool) -> None:
 @click.argument("token_id", type=int)
 @click.pass_obj
 def revoke_command(settings: Settings, token_id: int) -> None:
-    """Revoke the API token TOKEN_ID; it stops working at once."""
+    """Revoke the API token TOKEN_ID.
+
+    A running server that verified the token in the last seconds keeps trusting it until its
+    verification cache expires (TOKEN_CACHE_TTL, 2 s); after that every request is refused.
+    """
     with _authenticator(settings) as auth:
         auth.revoke_token(token_id)
-    click.echo(f"Revoked API token {token_id}.")
+    click.echo(
+        f"Revoked API token {token_id}; running servers refuse it within {TOKEN_CACHE_TTL:g} s."
+    )
