@@ -179,9 +179,7 @@ class _JobAPI:
         delay = 0.2
         while True:
             try:
-                response = self._client.request(
-                    method, path, json=json_body, headers=self._auth
-                )
+                response = self._client.request(method, path, json=json_body, headers=self._auth)
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             else:
@@ -192,8 +190,9 @@ class _JobAPI:
                 problem = f"HTTP {response.status_code}"
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"{method} {path} on {self.api_url}: {problem}")
-            logger.info("job API %s unreachable (%s); retrying in %.1f s", self.api_url, problem,
-                        delay)
+            logger.info(
+                "job API %s unreachable (%s); retrying in %.1f s", self.api_url, problem, delay
+            )
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(BACKOFF_MAX, delay * 2)
 

@@ -72,9 +72,7 @@ class Monitor:
         with self._lock:
             if self._thread is not None:
                 return
-            self._thread = threading.Thread(
-                target=self._loop, name="tasklift-monitor", daemon=True
-            )
+            self._thread = threading.Thread(target=self._loop, name="tasklift-monitor", daemon=True)
             self._thread.start()
 
     def close(self) -> None:
@@ -131,8 +129,10 @@ class Monitor:
                             f"the job runner ended ({state.value} on {name}) without reporting "
                             f"an outcome within {self.heartbeat_timeout:g} s",
                         )
-                elif started is not None and beat is not None and (
-                    now - beat > self.heartbeat_timeout
+                elif (
+                    started is not None
+                    and beat is not None
+                    and (now - beat > self.heartbeat_timeout)
                 ):
                     why = (
                         "JobLost",
