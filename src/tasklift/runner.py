@@ -306,6 +306,11 @@ class _Worker:
             if started is not None:
                 write_frame(self.out_fd, ("started", *started))
 
+    def send_ready(self) -> None:
+        """Tell the engine this worker is up (init_env and the interpreter worked)."""
+        with self.lock:
+            write_frame(self.out_fd, ("ready",))
+
     def run_next(self) -> None:
         work_id, job = self.queue.popleft()
         if job.job_id in self.cancelled:
@@ -355,6 +360,7 @@ def worker_main() -> None:
     _context.in_job_runner.set(True)
     os.environ["TASKLIFT_IN_JOB"] = "1"
     worker = _Worker(in_fd, out_fd)
+    worker.send_ready()
     worker.loop()
 
 

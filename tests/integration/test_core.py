@@ -375,6 +375,26 @@ def test_init_env_runs_jobs_through_the_prefix(settings, tmp_path):
     assert len(log.read_text().splitlines()) == len(lines)
 
 
+def test_failing_init_env_fails_the_job_and_is_not_restarted_in_a_loop(settings, tmp_path):
+    starts = tmp_path / "starts"
+    broken = f"echo start >> {starts}; exit 3"
+
+    def wf():
+        with pytest.raises(WorkFailed) as failed:
+            workfns.environment(name="HOME")
+        during = len(starts.read_text().splitlines())
+        time.sleep(1.5)  # a respawn loop would start hundreds of workers meanwhile
+        return failed.value.failures[0], during, len(starts.read_text().splitlines())
+
+    failure, during, after = Workflow(func=wf, settings=settings, init_env=broken).run()
+    assert failure.error_type == "WorkerLost" and failure.attempts >= 1
+    assert "before it started" in failure.message and "init_env" in failure.message
+    assert repr(broken) in failure.message
+    assert after == during, f"{after - during} workers started after the job had failed"
+    # each attempt starts at most a pool's worth of workers
+    assert during <= failure.attempts * settings.workers, during
+
+
 def test_explicit_workflow_argument_and_helper_threads(settings):
     from concurrent.futures import ThreadPoolExecutor
 

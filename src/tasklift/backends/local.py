@@ -69,6 +69,7 @@ class _Worker:
     inbuf: bytearray = field(default_factory=bytearray)
     head_started: float = 0.0
     head_confirmed: bool = False  # the worker said the head job started (timed works only)
+    served: bool = False  # the worker has sent a message: it started, init_env worked
     dead: bool = False
 
 
@@ -138,6 +139,8 @@ class LocalBackend(Backend):
             free = sum(max(0, window - len(w.inflight)) for w in pool if not w.dead)
             if work.kind == "workflow":
                 free += max(0, MAX_RUNNERS - len(pool))  # runner workers start on demand
+            else:  # workers that died before they served are replaced on demand
+                free += window * max(0, self.n_workers - len(pool))
             return free
 
     def submit(self, work: WorkSpec, jobs: Sequence[JobSpec]) -> list[str]:
@@ -155,6 +158,10 @@ class LocalBackend(Backend):
                 pool = self._pool_for(work)
                 idle = sum(1 for w in pool if not w.dead and not w.inflight)
                 for _ in range(max(0, len(jobs) - idle)):
+                    pool.append(self._spawn(key))
+            else:
+                pool = self._pool_for(work)
+                for _ in range(max(0, self.n_workers - len(pool))):
                     pool.append(self._spawn(key))
             pool = [w for w in self._pool_for(work) if not w.dead]
             if not pool:
@@ -324,6 +331,7 @@ class LocalBackend(Backend):
                 break
             message = pickle.loads(worker.inbuf[HEADER.size : HEADER.size + size])
             del worker.inbuf[: HEADER.size + size]
+            worker.served = True
             if message[0] == "done":
                 outcomes.extend(message[1])
             elif message[0] == "started":
@@ -402,7 +410,16 @@ class LocalBackend(Backend):
             how = f"killed by signal {signal.Signals(-code).name}"
         else:
             how = f"exited with code {code}"
-        self._replace(worker, reason=("WorkerLost", f"worker process {how} while running the job"))
+        if worker.served:
+            message = f"worker process {how} while running the job"
+        elif worker.env_key[0]:
+            message = (
+                f"worker process {how} before it started: check the work's init_env "
+                f"{worker.env_key[0]!r} (its output is in the engine's stderr)"
+            )
+        else:
+            message = f"worker process {how} before it started"
+        self._replace(worker, reason=("WorkerLost", message))
 
     def _replace(self, worker: _Worker, reason: tuple[str, str] | None) -> None:
         """Kill ``worker``, report its running job, requeue the rest, start a new one."""
@@ -418,7 +435,10 @@ class LocalBackend(Backend):
             pool = self._pools.get(worker.env_key, [])
             if worker in pool:
                 pool.remove(worker)
-            if not self._closing and not worker.env_key[1]:  # runner pools refill on demand
+            # a worker that never served (init_env or the interpreter fails at start) is
+            # replaced on demand by the next submit, never in a loop here; runner pools refill
+            # on demand too
+            if not self._closing and not worker.env_key[1] and worker.served:
                 pool.append(self._spawn(worker.env_key))
         _kill(worker.proc)
         try:
