@@ -185,6 +185,19 @@ def test_bulk_work_results_cursor_and_bad_input(server):
         assert "repeats key" in bad[2].json()["detail"]
         assert len(c.get(f"/api/v1/workflows/{wf['id']}/works").json()["data"]) == n_works
 
+        # the server keeps the workflow's owner in memory now: another user is still refused
+        with server.client(server.token("mallory")) as m:
+            assert m.post("/api/v1/works", json=body).status_code == 404
+        # an ended workflow takes no new works (checked by the store transaction itself)
+        finished = c.post(f"/api/v1/workflows/{wf['id']}/finish",
+                          json={"status": "finished", "result": None})
+        assert finished.status_code == 200, finished.text
+        late = c.post("/api/v1/works", json={**body, "jobs": [job(7)]})
+        assert late.status_code == 422 and "is finished: no new works" in late.json()["detail"]
+        late = c.post("/api/v1/works", params={"wait": 5}, json={**body, "jobs": [job(8)]})
+        assert late.status_code == 422 and "no new works" in late.json()["detail"]
+        assert len(c.get(f"/api/v1/workflows/{wf['id']}/works").json()["data"]) == n_works
+
 
 def test_server_refuses_an_out_of_date_schema(tmp_path):
     db = f"sqlite:///{tmp_path / 'old.db'}"

@@ -28,13 +28,14 @@ from tasklift.archive import PackedArchive, archive_path, store_archive
 from tasklift.backends.base import Backend
 from tasklift.bus.base import Bus, work_destination
 from tasklift.bus.embedded import EmbeddedBus
+from tasklift.db import hot
 from tasklift.db import queries as q
 from tasklift.db.session import SerialWriter, create_db_engine, upgrade
 from tasklift.engine import dataflow
 from tasklift.engine.monitor import Monitor, RemoteJob
 from tasklift.engine.specs import JobSpec, Outcome, WorkSpec
 from tasklift.engine.state import decide, work_state
-from tasklift.errors import BackendError, ConfigError, NotFoundError
+from tasklift.errors import BackendError, ConfigError, NotFoundError, SubmissionError
 from tasklift.settings import Settings
 from tasklift.states import WORK_TERMINAL, JobState, WorkflowState, WorkState
 
@@ -105,6 +106,9 @@ class Engine:
         self.settings = settings
         self.db: DBEngine = create_db_engine(settings.database_url)
         self._writer = SerialWriter(self.db)  # the per-job write transactions
+        self.transaction = self._writer.begin
+        """A short transaction on a connection kept open (``with engine.transaction() as c``):
+        cheaper than ``db.begin()`` for the service's per-request reads and writes."""
         if auto_upgrade:
             upgrade(self.db)
         if bus is None:
@@ -234,8 +238,12 @@ class Engine:
         reuse: bool,
         on_stored: Callable[[WorkRecord], None] | None = None,
         refs: Sequence[Sequence[dataflow.Ref]] | None = None,
+        require_running: bool = False,
     ) -> tuple[WorkSpec, WorkRecord]:
         """Store a work with its jobs and queue them.
+
+        With ``require_running`` the store transaction first checks that the workflow is
+        still running (:class:`SubmissionError` if it ended: nothing is stored).
 
         Up to ``IN_MEMORY_JOBS`` jobs are stored in one transaction, those the backend has
         room for already claimed. A larger work is stored in chunks: this returns once the
@@ -275,6 +283,7 @@ class Engine:
                             refs,
                             claim,
                             n_jobs,
+                            require_running,
                         )
                     break
                 except IntegrityError:
@@ -447,6 +456,7 @@ class Engine:
         refs: Sequence[Sequence[dataflow.Ref]] | None,
         claim: int = 0,
         n_jobs: int | None = None,
+        require_running: bool = False,
     ) -> tuple[
         int,
         list[int],
@@ -457,6 +467,15 @@ class Engine:
         set[int],
     ]:
         with self._writer.begin() as conn:
+            if require_running:
+                rows = hot.execute(
+                    conn, "SELECT status FROM workflows WHERE id = ?", (workflow_id,)
+                )
+                if not rows:
+                    raise NotFoundError(f"workflow {workflow_id} not found")
+                status = rows[0][0]
+                if status != WorkflowState.RUNNING.value:
+                    raise SubmissionError(f"workflow {workflow_id} is {status}: no new works")
             # earlier identical jobs first: they are never claimed
             memo = q.find_memo(conn, memo_key, [key for key, _ in jobs]) if reuse else {}
             hits = {i for i, (key, _) in enumerate(jobs) if key in memo} if memo else set()

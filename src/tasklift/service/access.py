@@ -1,8 +1,14 @@
-"""Ownership checks shared by the routes: another user's workflow is a 404, not a 403."""
+"""Ownership checks shared by the routes: another user's workflow is a 404, not a 403.
+
+Also owns :class:`WorkflowFacts`, the columns of a workflow that never change once it is
+created, kept in memory so that adding a work needs no extra read of its workflow.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, select
 
@@ -10,7 +16,19 @@ from tasklift.db import queries as q
 from tasklift.errors import NotFoundError, PermissionDeniedError
 from tasklift.service.principal import Principal
 
-__all__ = ["visible_job", "visible_work", "visible_workflow"]
+if TYPE_CHECKING:
+    from tasklift.engine.core import Engine
+
+__all__ = [
+    "WorkflowFacts",
+    "check_workflow_access",
+    "visible_job",
+    "visible_work",
+    "visible_workflow",
+]
+
+IMMUTABLE = ("id", "owner", "archive_sha", "backend", "init_env", "fresh")
+"""The workflow columns nothing updates after the workflow is created."""
 
 
 def visible_workflow(conn: Connection, principal: Principal, workflow_id: int) -> dict[str, Any]:
@@ -18,13 +36,52 @@ def visible_workflow(conn: Connection, principal: Principal, workflow_id: int) -
     row = (
         conn.execute(select(q.workflows).where(q.workflows.c.id == workflow_id)).mappings().first()
     )
-    if row is None or not principal.can_see(row["owner"]):
+    check_workflow_access(principal, workflow_id, None if row is None else row["owner"])
+    return dict(row)  # type: ignore[arg-type]  # checked above
+
+
+def check_workflow_access(principal: Principal, workflow_id: int, owner: str | None) -> None:
+    """Raise unless ``principal`` may use workflow ``workflow_id`` (``owner`` None: no such)."""
+    if owner is None or not principal.can_see(owner):
         raise NotFoundError(f"workflow {workflow_id} not found")
     if principal.kind == "job" and (
         principal.work_id is not None or principal.workflow_id != workflow_id
     ):
         raise PermissionDeniedError("this job token is scoped to another workflow")
-    return dict(row)
+
+
+class WorkflowFacts:
+    """The immutable columns (:data:`IMMUTABLE`) of recently used workflows of one engine.
+
+    A workflow's status changes, so it is never taken from here: the store transaction of a
+    new work checks it (``Engine.submit_work(require_running=True)``).
+    """
+
+    MAX = 10_000
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._rows: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, workflow_id: int) -> dict[str, Any] | None:
+        """The workflow's immutable columns, read once; None if there is no such workflow."""
+        with self._lock:
+            row = self._rows.get(workflow_id)
+            if row is not None:
+                self._rows.move_to_end(workflow_id)
+                return row
+        columns = [getattr(q.workflows.c, name) for name in IMMUTABLE]
+        with self._engine.transaction() as conn:
+            found = conn.execute(select(*columns).where(q.workflows.c.id == workflow_id)).first()
+        if found is None:
+            return None
+        row = dict(zip(IMMUTABLE, found, strict=True))
+        with self._lock:
+            self._rows[workflow_id] = row
+            if len(self._rows) > self.MAX:
+                self._rows.popitem(last=False)
+        return row
 
 
 def visible_work(conn: Connection, principal: Principal, work_id: int) -> dict[str, Any]:

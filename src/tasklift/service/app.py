@@ -102,6 +102,7 @@ def create_app(settings: Settings, *, start_engine: bool = True) -> FastAPI:
     """Build the app; the engine starts with the app's lifespan."""
     from tasklift.engine.core import Engine
     from tasklift.service import web
+    from tasklift.service.access import WorkflowFacts
     from tasklift.service.auth import Authenticator
     from tasklift.service.job_api import job_token_issuer
     from tasklift.service.limits import BodyLimit
@@ -113,6 +114,7 @@ def create_app(settings: Settings, *, start_engine: bool = True) -> FastAPI:
         check_schema(settings)
         engine = Engine(settings, auto_upgrade=False, resume=start_engine, defer_start=True)
         app.state.engine = engine
+        app.state.workflow_facts = WorkflowFacts(engine)
         auth = Authenticator(db=engine.db, settings=settings)
         app.state.auth = auth
         engine.job_token_issuer = job_token_issuer(auth, engine)

@@ -11,6 +11,7 @@ from tasklift.service.principal import Principal
 
 if TYPE_CHECKING:
     from tasklift.engine.core import Engine
+    from tasklift.service.access import WorkflowFacts
     from tasklift.service.auth import Authenticator
     from tasklift.settings import Settings
 
@@ -57,7 +58,14 @@ async def get_user(principal: Annotated[Principal, Depends(get_principal)]) -> P
     return principal
 
 
+async def get_workflow_facts(request: Request) -> WorkflowFacts:
+    """The immutable columns of workflows this server has read (see :class:`WorkflowFacts`)."""
+    facts: WorkflowFacts = request.app.state.workflow_facts
+    return facts
+
+
 EngineDep = Annotated["Engine", Depends(get_engine)]
+FactsDep = Annotated["WorkflowFacts", Depends(get_workflow_facts)]
 SettingsDep = Annotated["Settings", Depends(get_settings)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 UserDep = Annotated[Principal, Depends(get_user)]

@@ -22,8 +22,8 @@ from tasklift.db import queries as q
 from tasklift.engine.dataflow import Ref
 from tasklift.engine.specs import WorkSpec
 from tasklift.errors import SubmissionError
-from tasklift.service.access import visible_work, visible_workflow
-from tasklift.service.deps import MAX_ID, EngineDep, IdPath, PrincipalDep
+from tasklift.service.access import WorkflowFacts, check_workflow_access, visible_work
+from tasklift.service.deps import MAX_ID, EngineDep, FactsDep, IdPath, PrincipalDep
 from tasklift.service.principal import Principal
 from tasklift.service.schemas import (
     JobPublic,
@@ -33,7 +33,7 @@ from tasklift.service.schemas import (
     WorkPublic,
 )
 from tasklift.service.waiting import ResultFollower, ResultWaiter, page_dict, read_results
-from tasklift.states import WORK_TERMINAL, WorkflowState
+from tasklift.states import WORK_TERMINAL
 
 if TYPE_CHECKING:
     from tasklift.engine.core import Engine, WorkRecord
@@ -106,14 +106,18 @@ def job_public(row: dict[str, Any], serializer: str) -> JobPublic:
 def _create(
     body: WorkCreate,
     engine: Engine,
+    facts: WorkflowFacts,
     principal: Principal,
     on_stored: Callable[[WorkRecord], None] | None,
 ) -> WorkRecord:
-    """Check, store and queue the work (runs in a worker thread)."""
-    with engine.db.connect() as conn:
-        workflow = visible_workflow(conn, principal, body.workflow_id)
-    if workflow["status"] != WorkflowState.RUNNING.value:
-        raise SubmissionError(f"workflow {body.workflow_id} is {workflow['status']}: no new works")
+    """Check, store and queue the work (runs in a worker thread).
+
+    The workflow's owner and set-up come from ``facts`` (they never change); whether it still
+    runs is checked by the store transaction itself.
+    """
+    workflow = facts.get(body.workflow_id)
+    check_workflow_access(principal, body.workflow_id, workflow and workflow["owner"])
+    assert workflow is not None  # checked above
     jobs: list[tuple[str, bytes]] = []
     refs = [[Ref(r.arg, r.work_id, r.idx, r.mode) for r in job.refs] for job in body.jobs]
     if any(refs) and body.serializer != "json":
@@ -188,12 +192,15 @@ def _create(
         reuse=body.reuse and not workflow["fresh"],
         on_stored=on_stored,
         refs=refs if any(refs) else None,
+        require_running=True,
     )
     return record
 
 
-def _create_public(body: WorkCreate, engine: Engine, principal: Principal) -> WorkPublic:
-    record = _create(body, engine, principal, None)
+def _create_public(
+    body: WorkCreate, engine: Engine, facts: WorkflowFacts, principal: Principal
+) -> WorkPublic:
+    record = _create(body, engine, facts, principal, None)
     return work_public(engine.work_row(record.work_id))
 
 
@@ -211,6 +218,7 @@ def _create_public(body: WorkCreate, engine: Engine, principal: Principal) -> Wo
 async def create_work(
     body: WorkCreate,
     engine: EngineDep,
+    facts: FactsDep,
     principal: PrincipalDep,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0.0,
 ) -> Response:
@@ -223,7 +231,7 @@ async def create_work(
     ``GET /works/{id}/results``. One request then both creates a work and brings its results.
     """
     if wait <= 0:
-        work = await run_in_threadpool(_create_public, body, engine, principal)
+        work = await run_in_threadpool(_create_public, body, engine, facts, principal)
         return Response(work.model_dump_json(), status_code=201, media_type="application/json")
     loop = asyncio.get_running_loop()
     waiters: list[ResultWaiter] = []
@@ -232,7 +240,7 @@ async def create_work(
         waiters.append(ResultWaiter(engine, record.work_id, loop))
 
     try:
-        record = await run_in_threadpool(_create, body, engine, principal, listen)
+        record = await run_in_threadpool(_create, body, engine, facts, principal, listen)
     except BaseException:
         for waiter in waiters:
             waiter.close()
