@@ -221,3 +221,7 @@ class ConflictError(_MessageError):
 
 class ServiceError(_MessageError):
     """A tasklift server could not be reached, or failed (HTTP 5xx)."""
+
+
+class DatabaseUnavailable(_MessageError):
+    """The engine's database did not answer (down, restarting, refusing connections)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -11,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 from tasklift.bus.base import work_destination
 from tasklift.engine.specs import ResultRecord
 from tasklift.engine.state import needed_successes
-from tasklift.errors import JobFailure, SubmissionError, WorkFailed, WorkTimeout
+from tasklift.errors import (
+    DatabaseUnavailable,
+    JobFailure,
+    SubmissionError,
+    WorkFailed,
+    WorkTimeout,
+)
 from tasklift.keys import job_key
 from tasklift.serializers import get_serializer
 from tasklift.states import JobState, WorkState
@@ -20,6 +27,8 @@ if TYPE_CHECKING:
     from tasklift.engine.core import Engine
 
 __all__ = ["AsyncResult", "MapResult", "Progress", "Work", "WorkRef"]
+
+logger = logging.getLogger(__name__)
 
 REREAD_EVERY = 2.0
 """Seconds between safety re-reads of the DB while waiting (a missed message costs this)."""
@@ -88,7 +97,14 @@ class AsyncResult:
         """Read what the DB has beyond the gap-free cursor (a missed message costs this)."""
         with self._cond:
             since = self._cursor
-        records = self.engine.results(self.work_id, since)
+        try:
+            records = self.engine.results(self.work_id, since)
+        except DatabaseUnavailable as exc:  # keep waiting (up to the caller's timeout)
+            logger.warning("waiting for work %d: %s; trying again", self.work_id, exc)
+            with self._cond:  # the next try at the next periodic re-read, which reads it all
+                self._last_read = time.monotonic()
+                self._stale = False
+            return
         with self._cond:
             for record in records:
                 self._add(record)

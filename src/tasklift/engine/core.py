@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Engine as DBEngine
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from tasklift.archive import PackedArchive, archive_path, store_archive
 from tasklift.backends.base import Backend
@@ -35,7 +35,13 @@ from tasklift.engine import dataflow
 from tasklift.engine.monitor import Monitor, RemoteJob
 from tasklift.engine.specs import JobSpec, Outcome, WorkSpec
 from tasklift.engine.state import decide, work_state
-from tasklift.errors import BackendError, ConfigError, NotFoundError, SubmissionError
+from tasklift.errors import (
+    BackendError,
+    ConfigError,
+    DatabaseUnavailable,
+    NotFoundError,
+    SubmissionError,
+)
 from tasklift.settings import Settings
 from tasklift.states import WORK_TERMINAL, JobState, WorkflowState, WorkState
 
@@ -126,6 +132,8 @@ class Engine:
         self._live: dict[int, _Live] = {}
         self._store_errors: dict[int, str] = {}  # works whose chunked store failed
         self._active: dict[int, tuple[int, int, bytes]] = {}  # job -> work, attempt, payload
+        self._held: list[Outcome] = []  # outcomes the database failed to take (retried)
+        self._held_retrier: threading.Thread | None = None
         self._handles: dict[int, str] = {}
         self._closed = False
         self._upstream_works: set[int] = set()  # works that other works take inputs from
@@ -594,9 +602,16 @@ class Engine:
     def results(
         self, work_id: int, since: int = 0, limit: int | None = None
     ) -> list[q.ResultRecord]:
-        """Terminal jobs of a work that ended after the first ``since`` ones (DB order)."""
-        with self.db.connect() as conn:
-            return q.result_records(conn, work_id, since, limit)
+        """Terminal jobs of a work that ended after the first ``since`` ones (DB order).
+
+        Raises:
+            DatabaseUnavailable: the database did not answer.
+        """
+        try:
+            with self.db.connect() as conn:
+                return q.result_records(conn, work_id, since, limit)
+        except OperationalError as exc:
+            raise DatabaseUnavailable(f"cannot read the results of work {work_id}: {exc}") from exc
 
     def work_row(self, work_id: int) -> dict[str, Any]:
         """The work's row as a dict."""
@@ -687,14 +702,22 @@ class Engine:
             claimed = {j.job_id for j in batch if j.job_id in live.claimed}
             live.claimed -= claimed
             if len(claimed) < len(batch):  # some were not claimed when inserted
-                with self._writer.begin() as conn:
-                    claimed |= q.claim_jobs(
-                        conn, [j.job_id for j in batch if j.job_id not in claimed], self.engine_id
-                    )
-                    if live.has_refs:
-                        batch = dataflow.resolve_payloads(
-                            conn, [j for j in batch if j.job_id in claimed]
+                claimed_before = set(claimed)
+                try:
+                    with self._writer.begin() as conn:
+                        claimed |= q.claim_jobs(
+                            conn,
+                            [j.job_id for j in batch if j.job_id not in claimed],
+                            self.engine_id,
                         )
+                        if live.has_refs:
+                            batch = dataflow.resolve_payloads(
+                                conn, [j for j in batch if j.job_id in claimed]
+                            )
+                except SQLAlchemyError:  # nothing was claimed: queue the batch again
+                    live.claimed |= claimed_before
+                    live.pending.extendleft(reversed(batch))
+                    raise
             if len(claimed) < len(batch):  # another engine took some: they are not ours
                 for job in batch:
                     if job.job_id not in claimed:
@@ -768,10 +791,12 @@ class Engine:
                 self._heartbeats.pop(job_id, None)
             return list(self._remote.values())
 
-    def _claim_ahead(self, conn: Any) -> None:
+    def _claim_ahead(self, conn: Any) -> list[tuple[_Live, set[int]]]:
         """Claim, in the caller's transaction, the queued jobs the next dispatch will hand out
         (the room the recorded outcomes freed): a refill then needs no transaction of its own.
-        Only jobs already in memory; data-flow jobs are claimed with their inputs."""
+        Only jobs already in memory; data-flow jobs are claimed with their inputs. Returns the
+        claims to note in ``live.claimed`` once the transaction has committed."""
+        claims: list[tuple[_Live, set[int]]] = []
         for live in self._live.values():
             if live.has_refs or not (live.pending or live.retries):
                 continue
@@ -788,7 +813,8 @@ class Engine:
                 if job.job_id not in live.claimed:
                     ids.append(job.job_id)
             if ids:
-                live.claimed |= q.claim_jobs(conn, ids, self.engine_id)
+                claims.append((live, q.claim_jobs(conn, ids, self.engine_id)))
+        return claims
 
     def _take(self, live: _Live, room: int) -> list[JobSpec]:
         batch: list[JobSpec] = []
@@ -842,13 +868,71 @@ class Engine:
             self.local_bus.publish(destination, messages)
         self.bus.publish(destination, messages)
 
-    def record_outcomes(self, outcomes: list[Outcome]) -> None:
-        """Store outcomes (DB commit first), publish terminal ones, queue retries."""
+    def record_outcomes(self, outcomes: list[Outcome], *, hold: bool = True) -> None:
+        """Store outcomes (DB commit first), publish terminal ones, queue retries.
+
+        When the database fails (down, restarting), nothing of the batch is recorded: with
+        ``hold`` the outcomes stay in memory and the scan thread records them once the database
+        answers again (every ``scan_interval``); without, the error is raised (the job API
+        answers 503 and the runner retries or spools).
+        """
         with self._lock:
-            publish = self._record_locked(outcomes)
-            self._dispatch()
+            try:
+                publish = self._record_locked(outcomes)
+            except SQLAlchemyError as exc:
+                if not hold:
+                    raise
+                self._held.extend(outcomes)
+                if self._held_retrier is None:
+                    self._held_retrier = threading.Thread(
+                        target=self._retry_held, name="tasklift-held-outcomes", daemon=True
+                    )
+                    self._held_retrier.start()
+                logger.error(
+                    "engine %s: the database failed while recording %d outcomes; holding %d "
+                    "in memory until it answers again: %s",
+                    self.engine_id,
+                    len(outcomes),
+                    len(self._held),
+                    exc,
+                )
+                return
+            self._dispatch_guarded()
         for destination, messages in publish.items():
             self._announce(destination, messages)
+
+    def _retry_held(self) -> None:
+        """Thread: record the held outcomes every ``scan_interval`` until none is left."""
+        while not self._stop.wait(self.settings.scan_interval):
+            self._record_held()
+            with self._lock:
+                if not self._held:
+                    self._held_retrier = None
+                    self._dispatch_guarded()  # jobs a failed dispatch left queued
+                    return
+        with self._lock:
+            self._held_retrier = None
+
+    def _record_held(self) -> None:
+        """Record the outcomes held while the database was failing."""
+        with self._lock:
+            held, self._held = self._held, []
+        if held:
+            self.record_outcomes(held)
+            with self._lock:
+                if not self._held:
+                    logger.warning(
+                        "engine %s: the database answers again; %d held outcomes recorded",
+                        self.engine_id,
+                        len(held),
+                    )
+
+    def _dispatch_guarded(self) -> None:
+        """:meth:`_dispatch` from a thread that must outlive a failing database."""
+        try:
+            self._dispatch()
+        except SQLAlchemyError as exc:  # the jobs stay pending: the scan dispatches them
+            logger.error("engine %s: dispatch failed on the database: %s", self.engine_id, exc)
 
     def _record_locked(self, outcomes: list[Outcome]) -> dict[str, list[q.ResultRecord]]:
         terminal_rows: list[dict[str, Any]] = []
@@ -856,6 +940,7 @@ class Engine:
         per_work: dict[int, list[int]] = {}
         publish: dict[str, list[q.ResultRecord]] = {}
         retried: list[tuple[_Live, JobSpec]] = []
+        taken: list[tuple[int, tuple[int, int, bytes], str | None]] = []  # undone on failure
         for outcome in outcomes:
             active = self._active.get(outcome.job_id)
             if active is None or active[1] != outcome.attempt:
@@ -866,6 +951,7 @@ class Engine:
                 continue
             del self._active[outcome.job_id]
             handle = self._handles.pop(outcome.job_id, None)
+            taken.append((outcome.job_id, active, handle))
             decision = decide(outcome, attempt, live.spec.retries)
             row = {
                 "_id": outcome.job_id,
@@ -892,22 +978,83 @@ class Engine:
             row["_work"] = work_id
         if not terminal_rows and not retry_rows:
             return publish
+        try:
+            done_works = self._commit_outcomes(per_work, terminal_rows, retry_rows, publish)
+        except BaseException:
+            # nothing was stored: the jobs are active again, as before this call
+            for job_id, active, handle in taken:
+                self._active[job_id] = active
+                if handle is not None:
+                    self._handles[job_id] = handle
+            for row in terminal_rows:
+                if row["_idx"] >= 0:
+                    self._live[row["_work"]].idx_of[row["_id"]] = row["_idx"]
+            raise
+        for work_id, (finished, failed, _) in per_work.items():
+            live = self._live[work_id]
+            live.finished += finished
+            live.failed += failed
+        if self.result_latency_observer is not None:
+            now = time.time()
+            for row in terminal_rows:
+                if row["_finished_at"]:
+                    self.result_latency_observer(max(0.0, now - row["_finished_at"]))
+        for row in terminal_rows:
+            publish.setdefault(work_destination(row["_work"]), []).append(
+                q.ResultRecord(
+                    row["_id"],
+                    row["_idx"],
+                    row["_state"],
+                    row["_result"],
+                    row["_error_type"],
+                    row["_error_message"],
+                    row["_traceback"],
+                    row["_attempts"],
+                    row["_done_seq"],
+                )
+            )
+        for live, job in retried:
+            live.retries.append(job)
+            logger.info(
+                "work %s: job %d failed, retrying (attempt %d)",
+                live.spec.name,
+                job.job_id,
+                job.attempt,
+            )
+        for work_id in done_works:
+            self._live.pop(work_id, None)
+        return publish
+
+    def _commit_outcomes(
+        self,
+        per_work: dict[int, list[int]],
+        terminal_rows: list[dict[str, Any]],
+        retry_rows: list[dict[str, Any]],
+        publish: dict[str, list[q.ResultRecord]],
+    ) -> list[int]:
+        """The transaction of :meth:`_record_locked`: counters, job rows, data-flow, claims.
+
+        Changes no in-memory state but ``publish``, the rows' ``_done_seq`` and the jobs that
+        data-flow releases until it has committed (the caller undoes its own changes when this
+        raises; a released job whose release was rolled back fails its claim and is dropped).
+        Returns the works that ended.
+        """
         done_works: list[int] = []
+        claims: list[tuple[_Live, set[int]]] = []
         with self._writer.begin() as conn:
             next_seq: dict[int, int] = {}
             for work_id, (finished, failed, skipped) in per_work.items():
                 live = self._live[work_id]
-                live.finished += finished
-                live.failed += failed
+                n_finished, n_failed = live.finished + finished, live.failed + failed
                 # the end state as this engine's counts see it, set by the same statement
                 # once the stored counters say every job is terminal
                 guess = work_state(
                     live.n_jobs,
-                    live.finished,
-                    live.failed,
+                    n_finished,
+                    n_failed,
                     live.cancelled,
                     live.min_success,
-                    max(0, live.n_jobs - live.finished - live.failed - live.cancelled),
+                    max(0, live.n_jobs - n_finished - n_failed - live.cancelled),
                 )
                 counts = q.bump_work_counters(
                     conn, work_id, finished, failed, 0, skipped, done_status=guess.value
@@ -948,37 +1095,10 @@ class Engine:
                 cascaded = self._flow_locked(conn, flowing)
                 for work_id, record in cascaded:
                     publish.setdefault(work_destination(work_id), []).append(record)
-            self._claim_ahead(conn)
-        if self.result_latency_observer is not None:
-            now = time.time()
-            for row in terminal_rows:
-                if row["_finished_at"]:
-                    self.result_latency_observer(max(0.0, now - row["_finished_at"]))
-        for row in terminal_rows:
-            publish.setdefault(work_destination(row["_work"]), []).append(
-                q.ResultRecord(
-                    row["_id"],
-                    row["_idx"],
-                    row["_state"],
-                    row["_result"],
-                    row["_error_type"],
-                    row["_error_message"],
-                    row["_traceback"],
-                    row["_attempts"],
-                    row["_done_seq"],
-                )
-            )
-        for live, job in retried:
-            live.retries.append(job)
-            logger.info(
-                "work %s: job %d failed, retrying (attempt %d)",
-                live.spec.name,
-                job.job_id,
-                job.attempt,
-            )
-        for work_id in done_works:
-            self._live.pop(work_id, None)
-        return publish
+            claims = self._claim_ahead(conn)
+        for live, claimed in claims:
+            live.claimed |= claimed
+        return done_works
 
     def _flow_locked(
         self, conn: Any, rows: list[dict[str, Any]]
@@ -1020,14 +1140,22 @@ class Engine:
                 live.retries.appendleft(JobSpec(job_id, attempt, active[2]))
                 rows.append((job_id, attempt - 1))
             if rows:
-                with self.db.begin() as conn:
-                    q.requeue_jobs(conn, rows)
-            self._dispatch()
+                try:
+                    with self._writer.begin() as conn:
+                        q.requeue_jobs(conn, rows)
+                except SQLAlchemyError as exc:  # bookkeeping: the jobs are queued in memory
+                    logger.error(
+                        "engine %s: could not note %d requeued jobs in the database: %s",
+                        self.engine_id,
+                        len(rows),
+                        exc,
+                    )
+            self._dispatch_guarded()
 
     def capacity_changed(self) -> None:
         """A backend has room again: dispatch more."""
         with self._lock:
-            self._dispatch()
+            self._dispatch_guarded()
 
     # ------------------------------------------------------------------ housekeeping
     def _recover_orphans(self) -> None:
@@ -1141,6 +1269,8 @@ class Engine:
         while not self._stop.wait(self.settings.scan_interval):
             try:
                 self._scan_once()
+                with self._lock:  # jobs a failed dispatch left queued
+                    self._dispatch_guarded()
             except Exception:  # keep scanning; the next round retries
                 logger.exception("engine %s: scanning for works failed", self.engine_id)
 

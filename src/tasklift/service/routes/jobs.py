@@ -142,6 +142,7 @@ def post_outcome(
                 stdout=body.stdout,
                 stderr=body.stderr,
             )
-        ]
+        ],
+        hold=False,  # a database error answers 5xx: the runner retries, or spools the outcome
     )
     return {"job_id": job_id, "accepted": True}
