@@ -229,17 +229,20 @@ def test_a_batch_is_one_array_whose_elements_run_the_runner(slurm_cluster, make_
     handles = backend.submit(_work(), _jobs(5))
     array_ids = {parse_handle(h)[0] for h in handles}
     assert len(array_ids) == 1 and [parse_handle(h)[1] for h in handles] == [0, 1, 2, 3, 4]
-    states = _wait(backend, handles, SETTLED)
-    assert set(states.values()) == {JobState.FINISHED}
     (array_id,) = array_ids
     batch_dir = (backend.spool_dir / "jobs" / str(array_id)).resolve()
+    tokens = batch_dir / "tokens.json"
+    assert stat.S_IMODE(tokens.stat().st_mode) == 0o600
+    assert "SECRET-TOKEN-4" in tokens.read_text()
+    states = _wait(backend, handles, SETTLED)
+    assert set(states.values()) == {JobState.FINISHED}
+    assert not tokens.exists(), "the job tokens outlived every element of the array"
     assert batch_dir.parent == backend.spool_dir / "work-7"  # default spool: <home>/slurm
     assert backend.spool_dir == tmp_path / "home" / "slurm"
     out = (batch_dir / f"{array_id}_3.out").read_text()
     assert out.strip() == f"-m tasklift.runner job --batch-dir {batch_dir}"
     script = batch_dir / "submit.sh"
     assert stat.S_IMODE(script.stat().st_mode) == 0o700
-    assert stat.S_IMODE((batch_dir / "tokens.json").stat().st_mode) == 0o600
     assert sorted(p.name for p in (batch_dir / "exits").iterdir()) == ["0", "1", "2", "3", "4"]
     # tokens never on a command line nor in the script or the output
     assert "SECRET-TOKEN" not in script.read_text() + out
@@ -318,8 +321,11 @@ def test_cancel_is_one_scancel_and_cancelled_elements_are_lost(
     assert "with CANCELLED" in (backend.lost_reason(handles[0]) or "")
     # a pending element cancelled before Slurm split it off the array leaves no job record
     assert "cancelled (scancel)" in (backend.lost_reason(handles[2]) or "")
+    batch_dir = (backend.spool_dir / "jobs" / str(parse_handle(handles[0])[0])).resolve()
+    assert (batch_dir / "tokens.json").exists()  # element 1 may still start
     backend.cancel(handles)  # ended elements are no error
     _wait(backend, handles, {JobState.LOST}, timeout=30)
+    assert not (batch_dir / "tokens.json").exists()
 
 
 @pytest.mark.slurm

@@ -1,7 +1,7 @@
 """The jobs of one work as ``(key, payload)`` pairs, computed chunk by chunk as asked for.
 
 A large work is stored in chunks while its first jobs already run (see
-:data:`tasklift.engine.core.STORE_CHUNK`); computing every job's canonical JSON, key and
+:data:`tasklift.engine.storing.STORE_CHUNK`); computing every job's canonical JSON, key and
 payload before storing the first one would delay a million-job work's first result by seconds.
 Keys are kept (they name the results); payloads are made for the asked range only.
 """

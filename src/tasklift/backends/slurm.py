@@ -44,6 +44,8 @@ from tasklift.engine.specs import JobSpec, WorkSpec
 from tasklift.errors import BackendError, ConfigError
 from tasklift.states import JobState
 
+_ENDED = frozenset({JobState.FINISHED, JobState.FAILED, JobState.LOST})
+
 __all__ = ["SlurmBackend"]
 
 logger = logging.getLogger(__name__)
@@ -124,6 +126,8 @@ class SlurmBackend(Backend):
         self._accounting: bool | None = None  # sacct works (accounting storage is configured)
         self._lock = threading.Lock()
         self._dirs: dict[int, Path] = {}  # array job id -> its batch directory
+        # array job id -> elements not yet seen ending; at none, its tokens file is deleted
+        self._open: dict[int, set[int]] = {}
         self._reasons: dict[str, str] = {}
         self._cancelled: dict[str, None] = {}  # handles this backend cancelled (ordered set)
 
@@ -289,6 +293,7 @@ class SlurmBackend(Backend):
             logger.warning("cannot link %s -> %s: %s", link, batch_dir, exc)
         with self._lock:
             self._dirs[array_id] = batch_dir
+            self._open[array_id] = set(range(n_jobs))
         logger.info(
             "work %s: %d jobs as Slurm array %d (%s)", work.name, n_jobs, array_id, batch_dir
         )
@@ -394,7 +399,32 @@ class SlurmBackend(Backend):
             self._reasons.update(reasons)
             while len(self._reasons) > MAX_REASONS:
                 del self._reasons[next(iter(self._reasons))]
+        self._forget_tokens([parsed[h] for h, st in states.items() if h in parsed and st in _ENDED])
         return states
+
+    def _forget_tokens(self, elements: Sequence[Element]) -> None:
+        """Delete the tokens file of every batch all of whose elements have now ended: no
+        runner of it can start any more (outputs and exit records stay for debugging)."""
+        from tasklift.jobrunner import TOKENS_FILE
+
+        finished: list[int] = []
+        with self._lock:
+            for array_id, index in elements:
+                still = self._open.get(array_id)
+                if still is None:
+                    continue  # already cleaned, or submitted before an engine restart
+                still.discard(index)
+                if not still:
+                    del self._open[array_id]
+                    finished.append(array_id)
+        for array_id in finished:
+            batch_dir = self._batch_dir(array_id)
+            if batch_dir is None:
+                continue
+            try:
+                (batch_dir / TOKENS_FILE).unlink(missing_ok=True)
+            except OSError as exc:
+                logger.warning("cannot delete the job tokens of Slurm array %d: %s", array_id, exc)
 
     def _ended(
         self, what: str, array_id: int, index: int, code: str, limit: str, extra: str
@@ -434,3 +464,5 @@ class SlurmBackend(Backend):
             self._cancelled.update(dict.fromkeys(handles))
             while len(self._cancelled) > MAX_REASONS:
                 del self._cancelled[next(iter(self._cancelled))]
+        # a cancelled element never starts: its token is no longer needed
+        self._forget_tokens([(a, i) for a, indices in by_array.items() for i in indices])

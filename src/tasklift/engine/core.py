@@ -9,15 +9,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-import json
 import logging
 import os
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Engine as DBEngine
@@ -32,9 +30,12 @@ from tasklift.db import hot
 from tasklift.db import queries as q
 from tasklift.db.session import SerialWriter, create_db_engine, upgrade
 from tasklift.engine import dataflow
+from tasklift.engine.live import LiveWork, WorkRecord
 from tasklift.engine.monitor import Monitor, RemoteJob
+from tasklift.engine.recovery import RecoveryMixin
 from tasklift.engine.specs import JobSpec, Outcome, WorkSpec
 from tasklift.engine.state import decide, work_state
+from tasklift.engine.storing import STORE_CHUNK, ChunkedStoreMixin
 from tasklift.errors import (
     BackendError,
     ConfigError,
@@ -52,51 +53,9 @@ logger = logging.getLogger(__name__)
 IN_MEMORY_JOBS = 20_000
 """Works up to this size keep their pending jobs in memory; larger ones page from the DB."""
 PAGE = 5_000
-STORE_CHUNK = 10_000
-STORE_CHUNK_MAX = 80_000
-"""A larger work is stored in chunks: a first transaction of ``STORE_CHUNK`` jobs, which start
-running at once (a million-job work's first result comes in about a second, not after the whole
-insert), then transactions twice as large each time up to ``STORE_CHUNK_MAX`` (each commit
-rewrites every index page it touched: large chunks store a million jobs 2x faster on SQLite)."""
 
 
-@dataclass
-class WorkRecord:
-    """What the engine returns for a new work."""
-
-    work_id: int
-    n_jobs: int
-    n_reused: int
-
-
-@dataclass
-class _Live:
-    """In-memory state of a work that still has jobs to dispatch or to hear from."""
-
-    spec: WorkSpec
-    n_jobs: int
-    min_success: float
-    finished: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    pending: deque[JobSpec] = field(default_factory=deque)
-    retries: deque[JobSpec] = field(default_factory=deque)
-    page_after: int | None = None  # next DB page starts after this idx (large works)
-    idx_of: dict[int, int] = field(default_factory=dict)
-    has_refs: bool = False  # inputs come from upstream jobs: fill them in at dispatch
-    claimed: set[int] = field(default_factory=set)  # pending here, claimed when inserted
-    stored: int | None = None  # jobs 0..stored-1 are in the DB; None: all of them
-    store_done: threading.Event | None = None  # set when a chunked store ended
-
-    def has_pending(self) -> bool:
-        if self.retries or self.pending:
-            return True
-        if self.page_after is None:
-            return False
-        return self.stored is None or self.page_after + 1 < self.stored
-
-
-class Engine:
+class Engine(ChunkedStoreMixin, RecoveryMixin):
     """Stores, dispatches and records jobs; the same code in-process and in the server."""
 
     def __init__(
@@ -129,7 +88,7 @@ class Engine:
         self._backends: dict[str, Backend] = {}
         self._lock = threading.RLock()
         self._submit_lock = threading.Lock()
-        self._live: dict[int, _Live] = {}
+        self._live: dict[int, LiveWork] = {}
         self._store_errors: dict[int, str] = {}  # works whose chunked store failed
         self._active: dict[int, tuple[int, int, bytes]] = {}  # job -> work, attempt, payload
         self._held: list[Outcome] = []  # outcomes the database failed to take (retried)
@@ -334,124 +293,6 @@ class Engine:
             ).start()
         return result
 
-    def store_error(self, work_id: int) -> str | None:
-        """Why storing a large work's jobs stopped short (``None``: it did not)."""
-        with self._lock:
-            return self._store_errors.get(work_id)
-
-    def wait_stored(self, work_id: int, timeout: float | None = None) -> bool:
-        """Wait until every job of a work is stored (large works are stored in chunks while
-        they run); False when ``timeout`` passed first."""
-        with self._lock:
-            live = self._live.get(work_id)
-            done = None if live is None else live.store_done
-        return done is None or done.wait(timeout)
-
-    def _store_rest(
-        self,
-        work_id: int,
-        jobs: Sequence[tuple[str, bytes]],
-        start: int,
-        memo_key: str,
-        reuse: bool,
-        min_success: float,
-        done: threading.Event,
-    ) -> None:
-        """Store the jobs of a large work after its first chunk, one transaction per chunk,
-        while the stored ones run. Memo hits end at once (published like results). A failure
-        (e.g. two jobs with the same arguments further down) cancels the work with its reason.
-        """
-        try:
-            self._store_chunks(work_id, jobs, start, memo_key, reuse, min_success)
-        except Exception as exc:  # the waiting caller gets it from store_error()
-            logger.exception("work %d: storing its jobs failed", work_id)
-            message = f"storing the work's jobs failed: {exc}"
-            with self._lock:
-                self._store_errors[work_id] = message
-            self.cancel_work(work_id, message)
-        finally:
-            done.set()
-
-    def _store_chunks(
-        self,
-        work_id: int,
-        jobs: Sequence[tuple[str, bytes]],
-        start: int,
-        memo_key: str,
-        reuse: bool,
-        min_success: float,
-    ) -> None:
-        n_jobs = len(jobs)
-        begin, size = start, STORE_CHUNK
-        while begin < n_jobs:
-            size = min(2 * size, STORE_CHUNK_MAX)
-            end = min(n_jobs, begin + size)
-            with self._lock:
-                if self._closed:
-                    return
-                if work_id not in self._live:  # cancelled: the rest of its jobs never exist
-                    self._store_errors[work_id] = (
-                        f"cancelled with {begin} of its {n_jobs} jobs stored"
-                    )
-                    return
-            chunk = jobs[begin:end]  # a lazy sequence computes keys and payloads here
-            records = self._store_chunk(work_id, chunk, begin, memo_key, reuse, min_success)
-            with self._lock:
-                live = self._live.get(work_id)
-                if live is not None:
-                    live.stored = None if end == n_jobs else end
-                    live.finished += len(records)
-                    if live.finished + live.failed + live.cancelled >= live.n_jobs:
-                        self._live.pop(work_id, None)
-                    self._dispatch()
-            if records:
-                self._announce(work_destination(work_id), records)
-            begin = end
-
-    def _store_chunk(
-        self,
-        work_id: int,
-        chunk: Sequence[tuple[str, bytes]],
-        begin: int,
-        memo_key: str,
-        reuse: bool,
-        min_success: float,
-    ) -> list[q.ResultRecord]:
-        """Store jobs ``begin..`` of a work in one transaction; return its memo hits, ended."""
-        with self._submit_lock, self._writer.begin() as conn:
-            memo = q.find_memo(conn, memo_key, [k for k, _ in chunk]) if reuse else {}
-            hits = {begin + i for i, (k, _) in enumerate(chunk) if k in memo}
-            job_ids = q.insert_jobs(conn, work_id, chunk, first=begin, skip=hits)
-            if not hits:
-                return []
-            reused = [
-                (job_id, *memo[chunk[i][0]])
-                for i, job_id in enumerate(job_ids)
-                if begin + i in hits
-            ]
-            idx_of = {job_id: begin + i for i, job_id in enumerate(job_ids)}
-            counts = q.bump_work_counters(
-                conn, work_id, len(reused), 0, 0, done_status=WorkState.FINISHED.value
-            )
-            seq = counts.last_seq - len(reused) + 1
-            q.mark_reused(conn, reused, first_seq=seq)
-            q.add_reused(conn, work_id, len(reused))
-            state = work_state(
-                counts.n_jobs,
-                counts.n_finished,
-                counts.n_failed,
-                counts.n_cancelled,
-                min_success,
-                counts.n_skipped,
-            )
-            if state in WORK_TERMINAL and state != WorkState.FINISHED:
-                q.set_work_status(conn, work_id, state.value, finished=True)
-        finished = JobState.FINISHED.value
-        return [
-            q.ResultRecord(job_id, idx_of[job_id], finished, result, done_seq=seq + i)
-            for i, (job_id, _, result) in enumerate(reused)
-        ]
-
     def _store_work(
         self,
         workflow_id: int,
@@ -576,7 +417,7 @@ class Engine:
     ) -> tuple[WorkSpec, WorkRecord]:
         spec = WorkSpec(**{**spec.__dict__, "work_id": work_id, "workflow_id": workflow_id})
         n_jobs = len(jobs) if n_jobs is None else n_jobs
-        live = _Live(spec=spec, n_jobs=n_jobs, min_success=min_success, finished=len(reused))
+        live = LiveWork(spec=spec, n_jobs=n_jobs, min_success=min_success, finished=len(reused))
         live.has_refs = has_refs
         live.claimed = claimed or set()
         live.stored = stored
@@ -753,7 +594,7 @@ class Engine:
                     )
                 self.monitor.start()
 
-    def _remote_spec(self, live: _Live) -> WorkSpec:
+    def _remote_spec(self, live: LiveWork) -> WorkSpec:
         """The work's spec as remote runners get it: with the job API's URL (started on
         first use when no server provides one)."""
         if self.job_api_url is None or self.job_token_issuer is None:
@@ -791,12 +632,12 @@ class Engine:
                 self._heartbeats.pop(job_id, None)
             return list(self._remote.values())
 
-    def _claim_ahead(self, conn: Any) -> list[tuple[_Live, set[int]]]:
+    def _claim_ahead(self, conn: Any) -> list[tuple[LiveWork, set[int]]]:
         """Claim, in the caller's transaction, the queued jobs the next dispatch will hand out
         (the room the recorded outcomes freed): a refill then needs no transaction of its own.
         Only jobs already in memory; data-flow jobs are claimed with their inputs. Returns the
         claims to note in ``live.claimed`` once the transaction has committed."""
-        claims: list[tuple[_Live, set[int]]] = []
+        claims: list[tuple[LiveWork, set[int]]] = []
         for live in self._live.values():
             if live.has_refs or not (live.pending or live.retries):
                 continue
@@ -816,7 +657,7 @@ class Engine:
                 claims.append((live, q.claim_jobs(conn, ids, self.engine_id)))
         return claims
 
-    def _take(self, live: _Live, room: int) -> list[JobSpec]:
+    def _take(self, live: LiveWork, room: int) -> list[JobSpec]:
         batch: list[JobSpec] = []
         while live.retries and len(batch) < room:
             batch.append(live.retries.popleft())
@@ -828,7 +669,7 @@ class Engine:
             batch.append(live.pending.popleft())
         return batch
 
-    def _page_in(self, live: _Live) -> None:
+    def _page_in(self, live: LiveWork) -> None:
         assert live.page_after is not None
         with self.db.connect() as conn:
             rows = q.pending_jobs(conn, live.spec.work_id, live.page_after, PAGE)
@@ -841,7 +682,7 @@ class Engine:
             live.idx_of[job_id] = idx
         live.page_after = rows[-1][1]
 
-    def _fail_unsubmitted(self, live: _Live, batch: list[JobSpec], exc: BackendError) -> None:
+    def _fail_unsubmitted(self, live: LiveWork, batch: list[JobSpec], exc: BackendError) -> None:
         now = time.time()
         for job in batch:
             self._active[job.job_id] = (live.spec.work_id, job.attempt, job.payload)
@@ -939,7 +780,7 @@ class Engine:
         retry_rows: list[dict[str, Any]] = []
         per_work: dict[int, list[int]] = {}
         publish: dict[str, list[q.ResultRecord]] = {}
-        retried: list[tuple[_Live, JobSpec]] = []
+        retried: list[tuple[LiveWork, JobSpec]] = []
         taken: list[tuple[int, tuple[int, int, bytes], str | None]] = []  # undone on failure
         for outcome in outcomes:
             active = self._active.get(outcome.job_id)
@@ -1040,7 +881,7 @@ class Engine:
         Returns the works that ended.
         """
         done_works: list[int] = []
-        claims: list[tuple[_Live, set[int]]] = []
+        claims: list[tuple[LiveWork, set[int]]] = []
         with self._writer.begin() as conn:
             next_seq: dict[int, int] = {}
             for work_id, (finished, failed, skipped) in per_work.items():
@@ -1158,200 +999,6 @@ class Engine:
             self._dispatch_guarded()
 
     # ------------------------------------------------------------------ housekeeping
-    def _recover_orphans(self) -> None:
-        """Close workflows whose submitting process on this host died without finishing."""
-        host = socket.gethostname()
-        with self.db.begin() as conn:
-            rows = conn.execute(
-                select(q.workflows.c.id, q.workflows.c.client_pid).where(
-                    q.workflows.c.status == WorkflowState.RUNNING.value,
-                    q.workflows.c.client_host == host,
-                )
-            ).all()
-            for workflow_id, pid in rows:
-                if pid is None or _pid_alive(int(pid)):
-                    continue  # created through the service, or its process still runs
-                message = f"the submitting process (pid {pid}) exited before the workflow ended"
-                work_ids = (
-                    conn.execute(
-                        select(q.works.c.id).where(
-                            q.works.c.workflow_id == workflow_id,
-                            q.works.c.status == WorkState.RUNNING.value,
-                        )
-                    )
-                    .scalars()
-                    .all()
-                )
-                for work_id in work_ids:
-                    q.cancel_open_jobs(conn, work_id, message)
-                    q.set_work_status(conn, work_id, WorkState.CANCELLED.value, finished=True)
-                q.finish_workflow(conn, workflow_id, WorkflowState.FAILED.value, None, message)
-                logger.info("workflow %d marked failed: %s", workflow_id, message)
-
-    def _resume_running_works(self) -> None:
-        """Queue again the unfinished jobs of running works (a restarted server)."""
-        active = [JobState.QUEUED.value, JobState.RUNNING.value]
-        with self.db.begin() as conn:
-            rows = (
-                conn.execute(select(q.works).where(q.works.c.status == WorkState.RUNNING.value))
-                .mappings()
-                .all()
-            )
-            adopted: dict[int, list[Any]] = {}
-            for row in rows:
-                mine = (
-                    q.jobs.c.work_id == row["id"],
-                    q.jobs.c.state.in_(active),
-                    q.jobs.c.claimed_by == self.engine_id,
-                )
-                if self._runners_outlive_engine(row):
-                    # still running on the batch system: watch them again, do not rerun them
-                    adopted[row["id"]] = list(
-                        conn.execute(
-                            select(
-                                q.jobs.c.id,
-                                q.jobs.c.idx,
-                                q.jobs.c.attempts,
-                                q.jobs.c.payload,
-                                q.jobs.c.backend_handle,
-                            ).where(*mine, q.jobs.c.backend_handle.is_not(None))
-                        )
-                    )
-                    mine = (*mine, q.jobs.c.backend_handle.is_(None))
-                # handed out by this engine before it restarted, never reported back: not the
-                # job's fault. Jobs other engines hold are theirs.
-                conn.execute(
-                    q.jobs.update()
-                    .where(*mine)
-                    .values(state=JobState.PENDING.value, attempts=q.jobs.c.attempts - 1)
-                )
-        for row in rows:
-            live = self._live_from_row(dict(row))
-            live.page_after = -1
-            with self._lock:
-                self._live[row["id"]] = live
-                self._adopt(live, adopted.get(row["id"], []))
-            logger.info("resumed work %s (id %d)", row["name"], row["id"])
-        if rows:
-            with self._lock:
-                self._dispatch()
-
-    def _runners_outlive_engine(self, row: Any) -> bool:
-        """True when the work's backend runs jobs that survive this engine (e.g. Slurm)."""
-        name = json.loads(row["options"]).get("backend") or "local"
-        try:
-            return self.backend(name).handles_outlive_engine
-        except (ConfigError, BackendError) as exc:
-            logger.error("work %d: backend %s unavailable after restart: %s", row["id"], name, exc)
-            return False
-
-    def _adopt(self, live: _Live, jobs: list[Any]) -> None:
-        """Take back jobs that kept running on the backend while the engine was away."""
-        if not jobs:
-            return
-        backend = self.backend(live.spec.backend)
-        spec = self._remote_spec(live) if backend.runs_remotely else live.spec
-        for job_id, idx, attempts, payload, handle in jobs:
-            attempt = max(1, int(attempts))
-            self._active[job_id] = (spec.work_id, attempt, payload)
-            self._handles[job_id] = handle
-            live.idx_of[job_id] = idx
-            if backend.runs_remotely:
-                self._remote[job_id] = RemoteJob(
-                    job_id, attempt, handle, spec.backend, spec.timeout, 0.0
-                )
-        if backend.runs_remotely:
-            self.monitor.start()
-        logger.info("work %s: %d running jobs adopted from the backend", spec.name, len(jobs))
-
-    def _scan_loop(self) -> None:
-        """Pick up running works that other engines (or servers) created; drop ended ones."""
-        while not self._stop.wait(self.settings.scan_interval):
-            try:
-                self._scan_once()
-                with self._lock:  # jobs a failed dispatch left queued
-                    self._dispatch_guarded()
-            except Exception:  # keep scanning; the next round retries
-                logger.exception("engine %s: scanning for works failed", self.engine_id)
-
-    def _scan_once(self) -> None:
-        with self.db.connect() as conn:
-            running = {
-                int(r["id"]): dict(r)
-                for r in conn.execute(
-                    select(q.works).where(q.works.c.status == WorkState.RUNNING.value)
-                ).mappings()
-            }
-        with self._lock:
-            if self._closed:
-                return
-            for work_id in [w for w in self._live if w not in running]:
-                if not any(a[0] == work_id for a in self._active.values()):
-                    del self._live[work_id]  # ended elsewhere (another engine, a cancel)
-            added = False
-            for work_id, row in running.items():
-                live = self._live.get(work_id)
-                if live is None:
-                    live = self._live_from_row(row)
-                    self._live[work_id] = live
-                if live.page_after is None and not live.pending and not live.retries:
-                    live.page_after = -1  # look (again) for pending jobs in the DB
-                    added = True
-            if added:
-                self._dispatch()
-
-    def _live_from_row(self, row: dict[str, Any]) -> _Live:
-        """Rebuild a work's in-memory state from its stored row and options."""
-        options = json.loads(row["options"])
-        sha = row["archive_sha"]
-        spec = WorkSpec(
-            work_id=row["id"],
-            name=row["name"],
-            function=row["function"],
-            script=row["script"],
-            archive_sha=sha,
-            archive_file=self.archive_file(sha) if sha else None,
-            cache_dir=str(self.settings.cache_dir),
-            serializer=options.get("serializer", "json"),
-            timeout=options.get("timeout"),
-            retries=options.get("retries", 2),
-            init_env=options.get("init_env"),
-            backend=options.get("backend") or "local",
-            resources=options.get("resources") or {},
-            kind=options.get("kind", "work"),
-            workflow_id=row["workflow_id"],
-            service_url=options.get("service_url"),
-            when=row.get("when_predicate"),
-            when_arg=options.get("when_arg"),
-        )
-        with self.db.connect() as conn:
-            upstream = (
-                conn.execute(
-                    select(dataflow.edges.c.upstream_work_id).where(
-                        dataflow.edges.c.work_id == row["id"]
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            has_dependents = conn.execute(
-                select(dataflow.edges.c.id)
-                .where(dataflow.edges.c.upstream_work_id == row["id"])
-                .limit(1)
-            ).first()
-        if has_dependents is not None:
-            self._upstream_works.add(int(row["id"]))
-        live = _Live(
-            spec=spec,
-            n_jobs=row["n_jobs"],
-            min_success=options.get("min_success", 1.0),
-            finished=row["n_finished"],
-            failed=row["n_failed"],
-            cancelled=row["n_cancelled"],
-        )
-        live.has_refs = bool(upstream)
-        return live
-
     def retry_failed(self, work_id: int) -> int:
         """Run a work's failed jobs again (fresh attempts); return how many."""
         with self._lock:
@@ -1403,13 +1050,3 @@ class Engine:
             self._job_api.close()
         self.bus.close()
         self.db.dispose()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -1,0 +1,234 @@
+"""How an engine finds its work again: resuming running works after a restart (adopting the
+remote jobs that outlived it), closing workflows whose submitting process died, and scanning
+for works that other engines created. Part of :class:`tasklift.engine.core.Engine`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from typing import Any
+
+from sqlalchemy import select
+
+from tasklift.db import queries as q
+from tasklift.engine import dataflow
+from tasklift.engine.live import LiveWork
+from tasklift.engine.monitor import RemoteJob
+from tasklift.engine.specs import WorkSpec
+from tasklift.errors import BackendError, ConfigError
+from tasklift.states import JobState, WorkflowState, WorkState
+
+__all__ = ["RecoveryMixin"]
+
+logger = logging.getLogger(__name__)
+
+
+class RecoveryMixin:
+    """Resume, adopt and scan: methods of :class:`~tasklift.engine.core.Engine`, which owns
+    the state they use (``_live``, ``_active``, ``_lock``, ``db`` ...)."""
+
+    def _recover_orphans(self) -> None:
+        """Close workflows whose submitting process on this host died without finishing."""
+        host = socket.gethostname()
+        with self.db.begin() as conn:
+            rows = conn.execute(
+                select(q.workflows.c.id, q.workflows.c.client_pid).where(
+                    q.workflows.c.status == WorkflowState.RUNNING.value,
+                    q.workflows.c.client_host == host,
+                )
+            ).all()
+            for workflow_id, pid in rows:
+                if pid is None or _pid_alive(int(pid)):
+                    continue  # created through the service, or its process still runs
+                message = f"the submitting process (pid {pid}) exited before the workflow ended"
+                work_ids = (
+                    conn.execute(
+                        select(q.works.c.id).where(
+                            q.works.c.workflow_id == workflow_id,
+                            q.works.c.status == WorkState.RUNNING.value,
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+                for work_id in work_ids:
+                    q.cancel_open_jobs(conn, work_id, message)
+                    q.set_work_status(conn, work_id, WorkState.CANCELLED.value, finished=True)
+                q.finish_workflow(conn, workflow_id, WorkflowState.FAILED.value, None, message)
+                logger.info("workflow %d marked failed: %s", workflow_id, message)
+
+    def _resume_running_works(self) -> None:
+        """Queue again the unfinished jobs of running works (a restarted server)."""
+        active = [JobState.QUEUED.value, JobState.RUNNING.value]
+        with self.db.begin() as conn:
+            rows = (
+                conn.execute(select(q.works).where(q.works.c.status == WorkState.RUNNING.value))
+                .mappings()
+                .all()
+            )
+            adopted: dict[int, list[Any]] = {}
+            for row in rows:
+                mine = (
+                    q.jobs.c.work_id == row["id"],
+                    q.jobs.c.state.in_(active),
+                    q.jobs.c.claimed_by == self.engine_id,
+                )
+                if self._runners_outlive_engine(row):
+                    # still running on the batch system: watch them again, do not rerun them
+                    adopted[row["id"]] = list(
+                        conn.execute(
+                            select(
+                                q.jobs.c.id,
+                                q.jobs.c.idx,
+                                q.jobs.c.attempts,
+                                q.jobs.c.payload,
+                                q.jobs.c.backend_handle,
+                            ).where(*mine, q.jobs.c.backend_handle.is_not(None))
+                        )
+                    )
+                    mine = (*mine, q.jobs.c.backend_handle.is_(None))
+                # handed out by this engine before it restarted, never reported back: not the
+                # job's fault. Jobs other engines hold are theirs.
+                conn.execute(
+                    q.jobs.update()
+                    .where(*mine)
+                    .values(state=JobState.PENDING.value, attempts=q.jobs.c.attempts - 1)
+                )
+        for row in rows:
+            live = self._live_from_row(dict(row))
+            live.page_after = -1
+            with self._lock:
+                self._live[row["id"]] = live
+                self._adopt(live, adopted.get(row["id"], []))
+            logger.info("resumed work %s (id %d)", row["name"], row["id"])
+        if rows:
+            with self._lock:
+                self._dispatch()
+
+    def _runners_outlive_engine(self, row: Any) -> bool:
+        """True when the work's backend runs jobs that survive this engine (e.g. Slurm)."""
+        name = json.loads(row["options"]).get("backend") or "local"
+        try:
+            return self.backend(name).handles_outlive_engine
+        except (ConfigError, BackendError) as exc:
+            logger.error("work %d: backend %s unavailable after restart: %s", row["id"], name, exc)
+            return False
+
+    def _adopt(self, live: LiveWork, jobs: list[Any]) -> None:
+        """Take back jobs that kept running on the backend while the engine was away."""
+        if not jobs:
+            return
+        backend = self.backend(live.spec.backend)
+        spec = self._remote_spec(live) if backend.runs_remotely else live.spec
+        for job_id, idx, attempts, payload, handle in jobs:
+            attempt = max(1, int(attempts))
+            self._active[job_id] = (spec.work_id, attempt, payload)
+            self._handles[job_id] = handle
+            live.idx_of[job_id] = idx
+            if backend.runs_remotely:
+                self._remote[job_id] = RemoteJob(
+                    job_id, attempt, handle, spec.backend, spec.timeout, 0.0
+                )
+        if backend.runs_remotely:
+            self.monitor.start()
+        logger.info("work %s: %d running jobs adopted from the backend", spec.name, len(jobs))
+
+    def _scan_loop(self) -> None:
+        """Pick up running works that other engines (or servers) created; drop ended ones."""
+        while not self._stop.wait(self.settings.scan_interval):
+            try:
+                self._scan_once()
+                with self._lock:  # jobs a failed dispatch left queued
+                    self._dispatch_guarded()
+            except Exception:  # keep scanning; the next round retries
+                logger.exception("engine %s: scanning for works failed", self.engine_id)
+
+    def _scan_once(self) -> None:
+        with self.db.connect() as conn:
+            running = {
+                int(r["id"]): dict(r)
+                for r in conn.execute(
+                    select(q.works).where(q.works.c.status == WorkState.RUNNING.value)
+                ).mappings()
+            }
+        with self._lock:
+            if self._closed:
+                return
+            for work_id in [w for w in self._live if w not in running]:
+                if not any(a[0] == work_id for a in self._active.values()):
+                    del self._live[work_id]  # ended elsewhere (another engine, a cancel)
+            added = False
+            for work_id, row in running.items():
+                live = self._live.get(work_id)
+                if live is None:
+                    live = self._live_from_row(row)
+                    self._live[work_id] = live
+                if live.page_after is None and not live.pending and not live.retries:
+                    live.page_after = -1  # look (again) for pending jobs in the DB
+                    added = True
+            if added:
+                self._dispatch()
+
+    def _live_from_row(self, row: dict[str, Any]) -> LiveWork:
+        """Rebuild a work's in-memory state from its stored row and options."""
+        options = json.loads(row["options"])
+        sha = row["archive_sha"]
+        spec = WorkSpec(
+            work_id=row["id"],
+            name=row["name"],
+            function=row["function"],
+            script=row["script"],
+            archive_sha=sha,
+            archive_file=self.archive_file(sha) if sha else None,
+            cache_dir=str(self.settings.cache_dir),
+            serializer=options.get("serializer", "json"),
+            timeout=options.get("timeout"),
+            retries=options.get("retries", 2),
+            init_env=options.get("init_env"),
+            backend=options.get("backend") or "local",
+            resources=options.get("resources") or {},
+            kind=options.get("kind", "work"),
+            workflow_id=row["workflow_id"],
+            service_url=options.get("service_url"),
+            when=row.get("when_predicate"),
+            when_arg=options.get("when_arg"),
+        )
+        with self.db.connect() as conn:
+            upstream = (
+                conn.execute(
+                    select(dataflow.edges.c.upstream_work_id).where(
+                        dataflow.edges.c.work_id == row["id"]
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            has_dependents = conn.execute(
+                select(dataflow.edges.c.id)
+                .where(dataflow.edges.c.upstream_work_id == row["id"])
+                .limit(1)
+            ).first()
+        if has_dependents is not None:
+            self._upstream_works.add(int(row["id"]))
+        live = LiveWork(
+            spec=spec,
+            n_jobs=row["n_jobs"],
+            min_success=options.get("min_success", 1.0),
+            finished=row["n_finished"],
+            failed=row["n_failed"],
+            cancelled=row["n_cancelled"],
+        )
+        live.has_refs = bool(upstream)
+        return live
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
