@@ -2,8 +2,9 @@
 
 import pytest
 
+from tasklift.db.queries import WorkCounts
 from tasklift.engine.specs import Outcome
-from tasklift.engine.state import decide, needed_successes, work_state
+from tasklift.engine.state import decide, needed_successes, state_of, work_state
 from tasklift.states import ALLOWED, JOB_TERMINAL, JobState, WorkState, check_transition
 
 
@@ -44,3 +45,17 @@ def test_terminal_states_have_no_way_out_but_retry():
     with pytest.raises(ValueError, match="finished to running"):
         check_transition(JobState.FINISHED, JobState.RUNNING)
     check_transition(JobState.LOST, JobState.PENDING)
+
+
+@pytest.mark.parametrize(
+    ("counts", "min_success", "state"),
+    [
+        (WorkCounts(4, 3, 0, 0, 3), 1.0, WorkState.RUNNING),
+        (WorkCounts(4, 3, 1, 0, 4), 0.75, WorkState.FINISHED),
+        (WorkCounts(4, 3, 1, 0, 4), 1.0, WorkState.FAILED),
+        (WorkCounts(4, 1, 0, 3, 4), 1.0, WorkState.CANCELLED),
+        (WorkCounts(4, 2, 0, 0, 4, n_skipped=2), 1.0, WorkState.FINISHED),  # skipped leave
+    ],
+)
+def test_state_of_reads_the_stored_counters(counts, min_success, state):
+    assert state_of(counts, min_success) is state

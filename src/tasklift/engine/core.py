@@ -34,7 +34,7 @@ from tasklift.engine.live import LiveWork, WorkRecord
 from tasklift.engine.monitor import Monitor, RemoteJob
 from tasklift.engine.recovery import RecoveryMixin
 from tasklift.engine.specs import JobSpec, Outcome, WorkSpec
-from tasklift.engine.state import decide, work_state
+from tasklift.engine.state import decide, state_of, work_state
 from tasklift.engine.storing import STORE_CHUNK, ChunkedStoreMixin
 from tasklift.errors import (
     BackendError,
@@ -902,14 +902,7 @@ class Engine(ChunkedStoreMixin, RecoveryMixin):
                 )
                 next_seq[work_id] = counts.last_seq - finished - failed - skipped + 1
                 # the stored counters decide: other engines may have ended jobs of this work
-                state = work_state(
-                    counts.n_jobs,
-                    counts.n_finished,
-                    counts.n_failed,
-                    counts.n_cancelled,
-                    live.min_success,
-                    counts.n_skipped,
-                )
+                state = state_of(counts, live.min_success)
                 if state in WORK_TERMINAL:
                     if state != guess:
                         q.set_work_status(conn, work_id, state.value, finished=True)

@@ -269,18 +269,11 @@ def end_jobs(
 def _state_of(conn: Connection, work_id: int, counts: q.WorkCounts) -> WorkState:
     import json
 
-    from tasklift.engine.state import work_state
+    from tasklift.engine.state import state_of
 
     options = conn.execute(select(q.works.c.options).where(q.works.c.id == work_id)).scalar()
     min_success = json.loads(options or "{}").get("min_success", 1.0)
-    state = work_state(
-        counts.n_jobs,
-        counts.n_finished,
-        counts.n_failed,
-        counts.n_cancelled,
-        min_success,
-        counts.n_skipped,
-    )
+    state = state_of(counts, min_success)
     if state in WORK_TERMINAL:
         q.set_work_status(conn, work_id, state.value, finished=True)
     return state

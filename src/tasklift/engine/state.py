@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tasklift.engine.specs import Outcome
 from tasklift.states import JobState, WorkState
 
-__all__ = ["Decision", "decide", "needed_successes", "work_state"]
+if TYPE_CHECKING:
+    from tasklift.db.queries import WorkCounts
+
+__all__ = ["Decision", "decide", "needed_successes", "state_of", "work_state"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +63,15 @@ def work_state(
     if n_cancelled and n_failed == 0:
         return WorkState.CANCELLED
     return WorkState.FAILED
+
+
+def state_of(counts: WorkCounts, min_success: float) -> WorkState:
+    """:func:`work_state` from a work's stored counters (as the counter updates return them)."""
+    return work_state(
+        counts.n_jobs,
+        counts.n_finished,
+        counts.n_failed,
+        counts.n_cancelled,
+        min_success,
+        counts.n_skipped,
+    )

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from tasklift.bus.base import work_destination
 from tasklift.db import queries as q
-from tasklift.engine.state import work_state
+from tasklift.engine.state import state_of
 from tasklift.states import WORK_TERMINAL, JobState, WorkState
 
 __all__ = ["STORE_CHUNK", "STORE_CHUNK_MAX", "ChunkedStoreMixin"]
@@ -130,14 +130,7 @@ class ChunkedStoreMixin:
             seq = counts.last_seq - len(reused) + 1
             q.mark_reused(conn, reused, first_seq=seq)
             q.add_reused(conn, work_id, len(reused))
-            state = work_state(
-                counts.n_jobs,
-                counts.n_finished,
-                counts.n_failed,
-                counts.n_cancelled,
-                min_success,
-                counts.n_skipped,
-            )
+            state = state_of(counts, min_success)
             if state in WORK_TERMINAL and state != WorkState.FINISHED:
                 q.set_work_status(conn, work_id, state.value, finished=True)
         finished = JobState.FINISHED.value
