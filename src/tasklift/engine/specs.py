@@ -106,9 +106,12 @@ class Outcome:
     stderr: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ResultRecord:
-    """A terminal job as a waiting submitter sees it (DB row or bus message)."""
+    """A terminal job as a waiting submitter sees it (DB row or bus message).
+
+    Slotted: a waiting handle of a million-job work holds a million of them (~100 MB less).
+    """
 
     job_id: int
     idx: int
