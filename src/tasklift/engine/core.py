@@ -713,9 +713,9 @@ class Engine(ChunkedStoreMixin, RecoveryMixin):
         """Store outcomes (DB commit first), publish terminal ones, queue retries.
 
         When the database fails (down, restarting), nothing of the batch is recorded: with
-        ``hold`` the outcomes stay in memory and the scan thread records them once the database
-        answers again (every ``scan_interval``); without, the error is raised (the job API
-        answers 503 and the runner retries or spools).
+        ``hold`` the outcomes stay in memory and a retry thread records them once the database
+        answers again (it tries every ``scan_interval``); without, the error is raised (the job
+        API answers 5xx and the runner retries or spools).
         """
         with self._lock:
             try:
@@ -724,11 +724,7 @@ class Engine(ChunkedStoreMixin, RecoveryMixin):
                 if not hold:
                     raise
                 self._held.extend(outcomes)
-                if self._held_retrier is None:
-                    self._held_retrier = threading.Thread(
-                        target=self._retry_held, name="tasklift-held-outcomes", daemon=True
-                    )
-                    self._held_retrier.start()
+                self._start_retrier()
                 logger.error(
                     "engine %s: the database failed while recording %d outcomes; holding %d "
                     "in memory until it answers again: %s",
@@ -742,15 +738,29 @@ class Engine(ChunkedStoreMixin, RecoveryMixin):
         for destination, messages in publish.items():
             self._announce(destination, messages)
 
+    def _start_retrier(self) -> None:
+        """Start the thread that retries what the database refused (call with the lock)."""
+        if self._held_retrier is None:
+            self._held_retrier = threading.Thread(
+                target=self._retry_held, name="tasklift-held-outcomes", daemon=True
+            )
+            self._held_retrier.start()
+
     def _retry_held(self) -> None:
-        """Thread: record the held outcomes every ``scan_interval`` until none is left."""
+        """Thread: every ``scan_interval``, record the held outcomes, then dispatch the jobs a
+        failed dispatch left queued; ends when both went through."""
         while not self._stop.wait(self.settings.scan_interval):
             self._record_held()
             with self._lock:
-                if not self._held:
-                    self._held_retrier = None
-                    self._dispatch_guarded()  # jobs a failed dispatch left queued
-                    return
+                if self._held:
+                    continue
+                try:
+                    self._dispatch()
+                except SQLAlchemyError as exc:
+                    logger.error("engine %s: dispatch failed again: %s", self.engine_id, exc)
+                    continue
+                self._held_retrier = None
+                return
         with self._lock:
             self._held_retrier = None
 
@@ -772,8 +782,9 @@ class Engine(ChunkedStoreMixin, RecoveryMixin):
         """:meth:`_dispatch` from a thread that must outlive a failing database."""
         try:
             self._dispatch()
-        except SQLAlchemyError as exc:  # the jobs stay pending: the scan dispatches them
+        except SQLAlchemyError as exc:  # the jobs stay queued: the retry thread dispatches them
             logger.error("engine %s: dispatch failed on the database: %s", self.engine_id, exc)
+            self._start_retrier()
 
     def _record_locked(self, outcomes: list[Outcome]) -> dict[str, list[q.ResultRecord]]:
         terminal_rows: list[dict[str, Any]] = []
