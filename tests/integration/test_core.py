@@ -382,6 +382,7 @@ def test_failing_init_env_fails_the_job_and_is_not_restarted_in_a_loop(settings,
     def wf():
         with pytest.raises(WorkFailed) as failed:
             workfns.environment(name="HOME")
+        time.sleep(1.0)  # a worker started just before the failure may write its line late
         during = len(starts.read_text().splitlines())
         time.sleep(1.5)  # a respawn loop would start hundreds of workers meanwhile
         return failed.value.failures[0], during, len(starts.read_text().splitlines())
