@@ -12,6 +12,14 @@ from sqlalchemy.exc import OperationalError
 from tasklift.db.session import SerialWriter, create_db_engine
 
 
+@pytest.fixture
+def db(pg_url):
+    """The engine's database engine on a fresh PostgreSQL database, disposed afterwards."""
+    engine = create_db_engine(pg_url)
+    yield engine
+    engine.dispose()
+
+
 def _backend_pid(writer: SerialWriter) -> int:
     with writer.begin() as conn:
         return int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
@@ -27,43 +35,31 @@ def _terminate(url: str, pid: int) -> None:
         admin.dispose()
 
 
-def test_a_busy_writer_reuses_one_connection(pg_url):
-    db = create_db_engine(pg_url)
-    try:
-        writer = SerialWriter(db)
-        pids = {_backend_pid(writer) for _ in range(20)}
-        assert len(pids) == 1, pids
-        assert db.pool.checkedout() == 1  # the one kept connection
-    finally:
-        db.dispose()
+def test_a_busy_writer_reuses_one_connection(db):
+    writer = SerialWriter(db)
+    pids = {_backend_pid(writer) for _ in range(20)}
+    assert len(pids) == 1, pids
+    assert db.pool.checkedout() == 1  # the one kept connection
 
 
-def test_an_idle_connection_the_server_closed_is_replaced(pg_url):
-    db = create_db_engine(pg_url)
-    try:
-        writer = SerialWriter(db)
-        first = _backend_pid(writer)
-        _terminate(pg_url, first)
-        time.sleep(SerialWriter.PING_AFTER + 0.2)
-        # idle long enough: it goes back to the pool, whose pre-ping finds it dead
-        second = _backend_pid(writer)
-        assert second != first
-    finally:
-        db.dispose()
+def test_an_idle_connection_the_server_closed_is_replaced(db, pg_url):
+    writer = SerialWriter(db)
+    first = _backend_pid(writer)
+    _terminate(pg_url, first)
+    time.sleep(SerialWriter.PING_AFTER + 0.2)
+    # idle long enough: it goes back to the pool, whose pre-ping finds it dead
+    second = _backend_pid(writer)
+    assert second != first
 
 
-def test_a_connection_closed_while_busy_fails_once_and_is_dropped(pg_url):
-    db = create_db_engine(pg_url)
-    try:
-        writer = SerialWriter(db)
-        first = _backend_pid(writer)
-        _terminate(pg_url, first)
-        with pytest.raises(OperationalError), writer.begin() as conn:
-            conn.exec_driver_sql("SELECT 1")
-        # the broken connection was not kept: the next transaction gets a live one
-        assert _backend_pid(writer) != first
-    finally:
-        db.dispose()
+def test_a_connection_closed_while_busy_fails_once_and_is_dropped(db, pg_url):
+    writer = SerialWriter(db)
+    first = _backend_pid(writer)
+    _terminate(pg_url, first)
+    with pytest.raises(OperationalError), writer.begin() as conn:
+        conn.exec_driver_sql("SELECT 1")
+    # the broken connection was not kept: the next transaction gets a live one
+    assert _backend_pid(writer) != first
 
 
 def test_the_writer_closes_its_connections_with_the_engine(pg_url):

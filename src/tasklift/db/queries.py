@@ -19,7 +19,7 @@ from tasklift.db import hot
 from tasklift.db.models import Archive, Job, JobAttempt, Work, Workflow
 from tasklift.engine.specs import ResultRecord
 from tasklift.errors import NotFoundError
-from tasklift.states import JobState, WorkflowState
+from tasklift.states import JobState, WorkflowState, WorkState
 
 __all__ = [
     "ResultRecord",
@@ -377,6 +377,14 @@ def reopen_failed_jobs(conn: Connection, work_id: int) -> list[tuple[int, int, b
         .values(n_failed=works.c.n_failed - len(rows), status="running", finished_at=None)
     )
     return [(int(a), int(b), c) for a, b, c in rows]
+
+
+def running_work_ids(conn: Connection, workflow_id: int) -> list[int]:
+    """The ids of the workflow's works that are still running."""
+    stmt = select(works.c.id).where(
+        works.c.workflow_id == workflow_id, works.c.status == WorkState.RUNNING.value
+    )
+    return [int(i) for i in conn.execute(stmt).scalars()]
 
 
 def set_work_status(conn: Connection, work_id: int, status: str, finished: bool) -> None:

@@ -43,17 +43,7 @@ class RecoveryMixin:
                 if pid is None or _pid_alive(int(pid)):
                     continue  # created through the service, or its process still runs
                 message = f"the submitting process (pid {pid}) exited before the workflow ended"
-                work_ids = (
-                    conn.execute(
-                        select(q.works.c.id).where(
-                            q.works.c.workflow_id == workflow_id,
-                            q.works.c.status == WorkState.RUNNING.value,
-                        )
-                    )
-                    .scalars()
-                    .all()
-                )
-                for work_id in work_ids:
+                for work_id in q.running_work_ids(conn, workflow_id):
                     q.cancel_open_jobs(conn, work_id, message)
                     q.set_work_status(conn, work_id, WorkState.CANCELLED.value, finished=True)
                 q.finish_workflow(conn, workflow_id, WorkflowState.FAILED.value, None, message)

@@ -27,7 +27,7 @@ from tasklift.service.schemas import (
     WorkflowsPublic,
     WorksPublic,
 )
-from tasklift.states import WORKFLOW_TERMINAL, WorkflowState, WorkState
+from tasklift.states import WORKFLOW_TERMINAL, WorkflowState
 
 router = APIRouter(prefix="/workflows", tags=["workflows"])
 
@@ -295,16 +295,7 @@ def cancel_workflow(workflow_id: IdPath, engine: EngineDep, user: UserDep) -> Wo
     """Cancel every running work of the workflow and mark it cancelled."""
     with engine.db.connect() as conn:
         row = visible_workflow(conn, user, workflow_id)
-        running = (
-            conn.execute(
-                select(q.works.c.id).where(
-                    q.works.c.workflow_id == workflow_id,
-                    q.works.c.status == WorkState.RUNNING.value,
-                )
-            )
-            .scalars()
-            .all()
-        )
+        running = q.running_work_ids(conn, workflow_id)
     for work_id in running:
         engine.cancel_work(int(work_id))
     if row["status"] not in {s.value for s in WORKFLOW_TERMINAL}:
