@@ -9,10 +9,30 @@ from pathlib import Path
 
 import pytest
 
+import runner_identities
 import tasklift
 from tasklift.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
+
+if runner_identities.can_switch_identity():
+    runner_identities.prepare(REPO)
+
+
+@pytest.fixture(autouse=True)
+def _runner_identities(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each test's servers run jobs under uids of their own (as root), else as themselves.
+
+    Jobs of a test server run as another uid: the test's ``tmp_path`` is opened to them (mode
+    1777, like /tmp) so that jobs can leave the markers tests look for; a server's home inside
+    it is made 0700 by the server itself.
+    """
+    if runner_identities.can_switch_identity():
+        monkeypatch.setenv("TASKLIFT_RUNNER_USER", runner_identities.next_range())
+        runner_identities.grant_traverse(tmp_path.parent)
+        os.chmod(tmp_path, 0o1777)
+    else:
+        monkeypatch.setenv("TASKLIFT_ISOLATE_RUNNERS", "false")
 
 
 @pytest.fixture

@@ -1,15 +1,49 @@
-"""Length-prefixed pickle frames: the pipe protocol between the local backend and workers."""
+"""Length-prefixed pickle frames: the pipe protocol between the local backend and workers.
+
+The engine trusts nothing a worker sends: it reads worker frames with :func:`loads_outcomes`,
+an unpickler that builds only plain values and :class:`~tasklift.engine.specs.Outcome` records
+(a job's code can write to its worker's pipe; it must not reach the engine's process).
+"""
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import struct
 from typing import Any
 
-__all__ = ["HEADER", "encode_frame", "read_frame", "write_frame"]
+__all__ = [
+    "HEADER",
+    "MAX_WORKER_FRAME",
+    "encode_frame",
+    "loads_outcomes",
+    "read_frame",
+    "write_frame",
+]
 
 HEADER = struct.Struct("!I")
+MAX_WORKER_FRAME = 1 << 30
+"""Largest frame the engine reads from a worker (1 GiB): a larger length is a broken worker."""
+_WORKER_CLASSES = frozenset({("tasklift.engine.specs", "Outcome")})
+
+
+class _OutcomeUnpickler(pickle.Unpickler):
+    """Builds plain values (tuples, lists, dicts, str, bytes, numbers) and ``Outcome`` only."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _WORKER_CLASSES:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"a worker frame may not name {module}.{name}")
+
+
+def loads_outcomes(data: bytes | bytearray | memoryview) -> Any:
+    """Unpickle one frame a worker sent, refusing every class but ``Outcome``.
+
+    Raises:
+        pickle.UnpicklingError: the frame names another class or is malformed.
+    """
+    return _OutcomeUnpickler(io.BytesIO(data)).load()
 
 
 def encode_frame(obj: Any) -> bytes:

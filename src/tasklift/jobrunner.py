@@ -412,7 +412,10 @@ def _loader() -> FunctionLoader:
     if "loader" not in _cached:
         from tasklift.runner import FunctionLoader
 
-        _cached["loader"] = FunctionLoader()
+        settings = _settings()
+        _cached["loader"] = FunctionLoader(
+            max_bytes=settings.archive_max_bytes, max_files=settings.archive_max_files
+        )
     loader: FunctionLoader = _cached["loader"]
     return loader
 

@@ -3,12 +3,17 @@
 ``python -m tasklift.runner worker`` is the persistent worker of the ``local`` backend: it
 reads batches of jobs as length-prefixed pickle frames on stdin and writes outcomes on its
 original stdout; the job's own prints go to a capture file instead, so they never mix.
+
+A worker of a multi-user server (``TASKLIFT_RUNNER_PRIVATE=1``) runs under its own identity and
+cannot read the server's archive store: the engine sends each archive over the pipe, and the
+worker verifies and extracts it in its private home.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import logging
 import os
 import select
@@ -24,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from tasklift import _context
-from tasklift.archive import ensure_extracted
+from tasklift.archive import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, ensure_extracted
 from tasklift.engine.specs import JobSpec, Outcome, WorkSpec
 from tasklift.errors import SerializationError
 from tasklift.framing import read_frame, write_frame
 from tasklift.serializers import get_serializer
+from tasklift.settings import Settings
 
 __all__ = ["FunctionLoader", "failure_outcome", "run_job"]
 
@@ -47,9 +53,29 @@ class FunctionLoader:
     imported from the previous one, so two workflows with a ``helpers.py`` each never mix.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        private_dir: Path | None = None,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_files: int = DEFAULT_MAX_FILES,
+    ) -> None:
+        self._limits = {"max_bytes": max_bytes, "max_files": max_files}
         self._cache: dict[tuple[str | None, str, str | None], Callable[..., Any]] = {}
         self._current_root: str | None = None
+        self._current_sha: str | None = None
+        self._private_dir = private_dir
+        self._private: dict[str, Path] = {}  # archive sha -> its file in the private dir
+
+    def receive_archive(self, sha256: str, data: bytes) -> None:
+        """Keep an archive the engine sent (private mode): written here, verified on use."""
+        if self._private_dir is None:
+            raise RuntimeError("this worker reads archives from the store, not the pipe")
+        folder = self._private_dir / "archives"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = folder / f"{sha256}.tar.gz"
+        path.write_bytes(data)
+        self._private[sha256] = path
 
     @property
     def current_root(self) -> str | None:
@@ -60,9 +86,9 @@ class FunctionLoader:
         """Return the plain function of ``work`` (the ``@work`` wrapper removed)."""
         cache_key = (work.archive_sha, work.function, work.script)
         fn = self._cache.get(cache_key)
+        root = self._activate(work)  # a cached function's lazy imports need its root too
         if fn is not None:
             return fn
-        root = self._activate(work)
         module_name, _, qualname = work.function.partition(":")
         if work.script is not None:
             if root is None:
@@ -82,15 +108,24 @@ class FunctionLoader:
     def _activate(self, work: WorkSpec) -> str | None:
         if work.archive_sha is None or work.archive_file is None:
             return None
-        root = str(
-            ensure_extracted(work.archive_sha, Path(work.archive_file), Path(work.cache_dir))
-        )
+        if work.archive_sha == self._current_sha:
+            return self._current_root
+        if self._private_dir is not None:
+            archive = self._private.get(work.archive_sha)
+            if archive is None:
+                raise ImportError(f"archive {work.archive_sha[:12]} was not sent to this worker")
+            cache = self._private_dir / "cache"
+            root = str(ensure_extracted(work.archive_sha, archive, cache, **self._limits))
+        else:
+            archive, cache = Path(work.archive_file), Path(work.cache_dir)
+            root = str(ensure_extracted(work.archive_sha, archive, cache, **self._limits))
         if root != self._current_root:
             if self._current_root is not None:
                 self._forget(self._current_root)
             sys.path.insert(0, root)
             importlib.invalidate_caches()
             self._current_root = root
+        self._current_sha = work.archive_sha
         return root
 
     def _forget(self, root: str) -> None:
@@ -154,6 +189,7 @@ def run_job(fn: Callable[..., Any], work: WorkSpec, job: JobSpec) -> Outcome:
             error_type=_type_name(exc),
             error_message=_one_line(exc),
             traceback=_user_traceback(exc),
+            retryable=not (isinstance(exc, TypeError) and _does_not_fit(fn, job, serializer)),
             started_at=started,
             finished_at=time.time(),
         )
@@ -173,6 +209,19 @@ def run_job(fn: Callable[..., Any], work: WorkSpec, job: JobSpec) -> Outcome:
     return Outcome(
         job.job_id, job.attempt, ok=True, result=data, started_at=started, finished_at=time.time()
     )
+
+
+def _does_not_fit(fn: Callable[..., Any], job: JobSpec, serializer: Any) -> bool:
+    """True when the job's arguments do not fit ``fn``'s signature (a TypeError that every
+    retry would raise again, e.g. an unexpected or repeated keyword)."""
+    try:
+        call = serializer.loads(job.payload)
+        inspect.signature(fn).bind(*call.get("args", ()), **call.get("kwargs", {}))
+    except TypeError:
+        return True
+    except Exception:  # noqa: BLE001 - no signature to check, or no call: let retries decide
+        return False
+    return False
 
 
 def _condition_holds(work: WorkSpec, call: dict[str, Any]) -> bool:
@@ -267,7 +316,13 @@ class _Worker:
     def __init__(self, in_fd: int, out_fd: int) -> None:
         self.in_fd = in_fd
         self.out_fd = out_fd
-        self.loader = FunctionLoader()
+        private = os.environ.get("TASKLIFT_RUNNER_PRIVATE") == "1"
+        settings = Settings()  # this process's edge: the archive limits of its environment
+        self.loader = FunctionLoader(
+            Path.home() / "worker" if private else None,
+            max_bytes=settings.archive_max_bytes,
+            max_files=settings.archive_max_files,
+        )
         self.works: dict[int, WorkSpec] = {}
         self.queue: deque[tuple[int, JobSpec]] = deque()
         self.cancelled: set[int] = set()
@@ -283,6 +338,8 @@ class _Worker:
         elif kind == "jobs":
             work_id, jobs = message[1], message[2]
             self.queue.extend((work_id, job) for job in jobs)
+        elif kind == "archive":
+            self.loader.receive_archive(message[1], message[2])
         elif kind == "forget":
             self.works.pop(message[1], None)
         elif kind == "cancel":

@@ -45,7 +45,11 @@ class Settings(BaseSettings):
     quiet: bool = False
     """No progress bars even in a terminal."""
     archive_max_mb: float = 64.0
-    """Largest source tree (uncompressed) that ``Workflow`` will pack."""
+    """Largest source tree (uncompressed) that ``Workflow`` will pack, and that an archive may
+    expand to when extracted or uploaded to a server."""
+    archive_max_files: int = Field(default=20_000, gt=0)
+    """Most files ``Workflow`` will pack, and most members (files, directories, links) an
+    archive may hold when extracted or uploaded to a server."""
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
     """Worker processes of the ``local`` backend."""
     archive_store: Path | None = None
@@ -68,6 +72,8 @@ class Settings(BaseSettings):
     """Seconds between a server engine's looks for works other engines created."""
     job_token_ttl: float = 24 * 3600.0
     """Seconds a job token stays valid."""
+    web_session_ttl: float = Field(default=12 * 3600.0, gt=0)
+    """Seconds a web monitor login lasts (never longer than the token it was made from)."""
     max_archive_upload_mb: float = 256.0
     """Largest archive the server accepts."""
     max_request_mb: float = 64.0
@@ -99,6 +105,16 @@ class Settings(BaseSettings):
     """Seconds between a remote job runner's heartbeats."""
     heartbeat_timeout: float = Field(default=60.0, gt=0)
     """A remote job whose heartbeat stops for this long is lost (retried or failed)."""
+
+    runner_user: str | None = None
+    """Server: the OS identities job runners run as (``--runner-user``): account names, uids
+    or ``LOW-HIGH`` uid ranges, comma-separated; each is leased to one tasklift user at a time."""
+    isolate_runners: bool = True
+    """Server: refuse to run jobs under the server's own identity (``--no-runner-isolation``
+    turns this off, for a server only one person uses)."""
+    runner_dir: Path | None = None
+    """Server: where leased runner identities get their private homes (default: a directory
+    ``tasklift-runners-<uid>`` in the system temp directory)."""
 
     @field_validator("workers")
     @classmethod

@@ -276,3 +276,45 @@ def test_other_users_workflows_are_invisible(server, page, browser, screenshot, 
         screenshot(tab, "admin-narrow")
     finally:
         admin.close()
+
+
+def test_cancel_button_works_and_another_sites_page_cannot_cancel(server, page, tmp_path):
+    token = server.token("gina")
+    proc = _start(server, token, tmp_path, "search", "to-cancel", "[1, 2, 60]")
+    try:
+        with server.client(token) as api:
+            deadline = time.monotonic() + 60
+            works: list[dict] = []
+            while not works:
+                assert time.monotonic() < deadline, "the work did not start"
+                wfs = api.get("/api/v1/workflows", params={"name": "to-cancel"}).json()["data"]
+                if wfs:
+                    works = api.get(f"/api/v1/workflows/{wfs[0]['id']}/works").json()["data"]
+                time.sleep(0.1)
+            work_id = works[0]["id"]
+            assert works[0]["status"] == "running"
+            _login(page, token)
+
+            # a page of another origin on the same site (127.0.0.1, another port: SameSite
+            # lets the cookie through) posts a form to the cancel endpoint
+            evil = "http://127.0.0.1:47123/evil"
+            form = (
+                f'<form method="post" action="{server.url}/api/v1/works/{work_id}/cancel">'
+                "</form><script>document.forms[0].submit()</script>"
+            )
+            page.route(evil, lambda route: route.fulfill(body=form, content_type="text/html"))
+            with page.expect_response(re.compile(r"/cancel$")) as answer:
+                page.goto(evil)
+            assert answer.value.status == 403  # not 401: the cookie came along, and was refused
+            assert "cross-site request refused" in answer.value.text()
+            assert api.get(f"/api/v1/works/{work_id}").json()["status"] == "running"
+
+            # the monitor's own button: a same-origin fetch
+            page.goto(f"/works/{work_id}")
+            page.on("dialog", lambda dialog: dialog.accept())
+            page.get_by_role("button", name="Cancel work").click()
+            expect(page.locator("#work-status")).to_contain_text("cancelled", timeout=30_000)
+            assert api.get(f"/api/v1/works/{work_id}").json()["status"] == "cancelled"
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 
+from job_holders import end_job, running_job
 from tasklift import get_unique_id_for_dict
 
 PROJECT = {
@@ -266,8 +267,12 @@ def test_job_tokens_are_scoped(server):
         other = c.post("/api/v1/workflows", json={"name": "b", "function": "m:f"}).json()
     db = create_db_engine(server.db_url)
     auth = Authenticator(db=db, settings=server.settings())
-    runner = auth.issue_job_token(user="alice", workflow_id=mine["id"])
-    work_scoped = auth.issue_job_token(user="alice", workflow_id=mine["id"], work_id=1)
+    _, work_id, job_id, attempt = running_job(db, workflow_id=mine["id"])
+    holder = (job_id, attempt)
+    runner = auth.issue_job_token(user="alice", workflow_id=mine["id"], holder=holder)
+    work_scoped = auth.issue_job_token(
+        user="alice", workflow_id=mine["id"], work_id=work_id, holder=holder
+    )
     db.dispose()
     with server.client(runner) as c:
         assert c.get(f"/api/v1/workflows/{mine['id']}").status_code == 200
@@ -299,19 +304,28 @@ def test_job_runner_endpoints_are_for_the_jobs_own_token(server):
             time.sleep(0.05)
     db = create_db_engine(server.db_url)
     auth = Authenticator(db=db, settings=server.settings())
-    mine = auth.issue_job_token(user="alice", workflow_id=wf["id"], work_id=work["id"],
-                                job_id=jobs[0]["id"])
-    db.dispose()
+    # a job the engine does not run (stored running by hand) holds the token while it lives
+    _, held_work, held, attempt = running_job(db, workflow_id=wf["id"])
+    mine = auth.issue_job_token(user="alice", workflow_id=wf["id"], work_id=held_work,
+                                job_id=held, holder=(held, attempt))
+    ended = auth.issue_job_token(user="alice", workflow_id=wf["id"], work_id=work["id"],
+                                 job_id=jobs[0]["id"], holder=(jobs[0]["id"], 1))
     with server.client(mine) as c:
-        spec = c.get(f"/api/v1/jobs/{jobs[0]['id']}/spec").json()
-        assert spec["function"] == "no_such_module:f"
-        assert orjson.loads(base64.b64decode(spec["payload"])) == {"kwargs": {"x": 1}}
-        assert c.post(f"/api/v1/jobs/{jobs[0]['id']}/heartbeat").status_code == 204
+        spec = c.get(f"/api/v1/jobs/{held}/spec").json()
+        assert spec["function"] == "m:f"
+        assert orjson.loads(base64.b64decode(spec["payload"])) == {}
+        assert c.post(f"/api/v1/jobs/{held}/heartbeat").status_code == 204
         assert c.get(f"/api/v1/jobs/{jobs[1]['id']}/spec").status_code == 403  # not its job
         assert c.post(f"/api/v1/jobs/{jobs[1]['id']}/heartbeat").status_code == 403
         assert c.get(f"/api/v1/workflows/{wf['id']}").status_code == 403  # nothing else
         assert c.get(f"/api/v1/works/{work['id']}/jobs").status_code == 403
-        # the local backend ran (and failed) this job already: a late report is refused
-        late = c.post(f"/api/v1/jobs/{jobs[0]['id']}/outcome",
+        # the engine does not run this job: a report is refused
+        late = c.post(f"/api/v1/jobs/{held}/outcome",
                       json={"attempt": 1, "ok": True, "result": "MQ=="})
         assert late.status_code == 409
+        end_job(db, held)
+        gone = c.get(f"/api/v1/jobs/{held}/spec")
+        assert gone.status_code == 401 and "has ended" in gone.json()["detail"]
+    with server.client(ended) as c:  # the local backend ran (and failed) jobs[0]: token dead
+        assert c.get(f"/api/v1/jobs/{jobs[0]['id']}/spec").status_code == 401
+    db.dispose()

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from starlette.exceptions import StarletteDeprecationWarning
 
+from job_holders import running_job
 from tasklift.archive import PackedArchive, pack_source
 from tasklift.db import queries as q
 from tasklift.db.session import create_db_engine, upgrade
@@ -269,7 +270,10 @@ def test_job_token_can_read_its_archive_but_not_upload(
     workflow_id = engine.create_workflow(
         name="wf", function="main:wf", owner="alice", archive_sha=packed.sha256
     )
-    token = _state(client).auth.issue_job_token(user="alice", workflow_id=workflow_id)
+    _, _, job_id, attempt = running_job(engine.db, workflow_id=workflow_id)
+    token = _state(client).auth.issue_job_token(
+        user="alice", workflow_id=workflow_id, holder=(job_id, attempt)
+    )
     job = {"Authorization": f"Bearer {token}"}
 
     got = client.get(f"{URL}/{packed.sha256}", headers=job)

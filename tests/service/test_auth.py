@@ -18,6 +18,7 @@ import jwt
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from job_holders import end_job, running_job
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from sqlalchemy import Engine, select, update
 
@@ -204,21 +205,40 @@ def test_missing_or_malformed_header(
 # -- job tokens ------------------------------------------------------------------------------
 
 
-def test_job_token_roundtrip(auth: Authenticator) -> None:
-    token = auth.issue_job_token(user="alice", workflow_id=7, work_id=3, job_id=42)
-    assert auth.authenticate(bearer(token)) == Principal(
-        user="alice", kind="job", workflow_id=7, work_id=3, job_id=42
+def test_job_token_roundtrip(auth: Authenticator, db: Engine) -> None:
+    wf, work, job, attempt = running_job(db)
+    token = auth.issue_job_token(
+        user="alice", workflow_id=wf, work_id=work, job_id=job, holder=(job, attempt)
     )
-    runner = auth.issue_job_token(user="alice", workflow_id=8)
+    assert auth.authenticate(bearer(token)) == Principal(
+        user="alice", kind="job", workflow_id=wf, work_id=work, job_id=job,
+        holder_job=job, holder_attempt=attempt,
+    )
+    runner = auth.issue_job_token(user="alice", workflow_id=wf, holder=(job, attempt))
     assert auth.authenticate(bearer(runner)) == Principal(
-        user="alice", kind="job", workflow_id=8, work_id=None, job_id=None
+        user="alice", kind="job", workflow_id=wf, work_id=None, job_id=None,
+        holder_job=job, holder_attempt=attempt,
     )
     claims = jwt.decode(runner, options={"verify_signature": False})
     assert claims["exp"] - claims["iat"] == 24 * 3600  # settings.job_token_ttl
 
 
+def test_job_token_dies_with_its_job_attempt(auth: Authenticator, db: Engine) -> None:
+    wf, work, job, attempt = running_job(db)
+    token = auth.issue_job_token(user="alice", workflow_id=wf, holder=(job, attempt))
+    stale = auth.issue_job_token(user="alice", workflow_id=wf, holder=(job, attempt - 1))
+    assert "has ended" in refused(auth, bearer(stale))  # an earlier attempt's token
+    assert auth.authenticate(bearer(token)).workflow_id == wf
+    end_job(db, job)
+    assert refused(auth, bearer(token)) == (
+        f"job token of job {job} attempt {attempt}: that attempt has ended"
+    )
+    ghost = auth.issue_job_token(user="alice", workflow_id=wf, holder=(10**9, 1))
+    assert "has ended" in refused(auth, bearer(ghost))
+
+
 def test_tampered_job_token_is_refused(auth: Authenticator) -> None:
-    token = auth.issue_job_token(user="alice", workflow_id=7, work_id=3)
+    token = auth.issue_job_token(user="alice", workflow_id=7, work_id=3, holder=(1, 1))
     header, payload, signature = token.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     claims["wf"] = 8
@@ -227,7 +247,7 @@ def test_tampered_job_token_is_refused(auth: Authenticator) -> None:
 
 
 def test_expired_job_token_is_refused(auth: Authenticator) -> None:
-    token = auth.issue_job_token(user="alice", workflow_id=7, ttl=-5)
+    token = auth.issue_job_token(user="alice", workflow_id=7, ttl=-5, holder=(1, 1))
     assert refused(auth, bearer(token)) == "job token expired"
 
 
@@ -235,14 +255,16 @@ def test_job_token_of_another_server_is_refused(
     auth: Authenticator, db: Engine, tmp_path: Path, db_url: str
 ) -> None:
     other = Authenticator(db=db, settings=make_settings(tmp_path / "other", db_url))
-    token = other.issue_job_token(user="alice", workflow_id=7)
+    token = other.issue_job_token(user="alice", workflow_id=7, holder=(1, 1))
     assert "invalid signature" in refused(auth, bearer(token))
 
 
 def test_hs256_jwt_without_job_claims_is_refused(auth: Authenticator) -> None:
     key = auth._signing_key()
     now = int(time.time())
-    not_job = jwt.encode({"sub": "alice", "wf": 1, "typ": "user", "exp": now + 60}, key, "HS256")
+    not_job = jwt.encode(
+        {"sub": "alice", "wf": 1, "typ": "user", "hj": 1, "ha": 1, "exp": now + 60}, key, "HS256"
+    )
     assert "unexpected claims" in refused(auth, bearer(not_job))
     no_wf = jwt.encode({"sub": "alice", "typ": "job", "exp": now + 60}, key, "HS256")
     assert "invalid job token" in refused(auth, bearer(no_wf))
@@ -257,8 +279,9 @@ def test_secret_key_setting_is_shared_and_writes_no_file(
     two = Authenticator(
         db=db, settings=make_settings(tmp_path / "b", db_url, secret_key="correct horse")
     )
-    token = one.issue_job_token(user="alice", workflow_id=1)
-    assert two.authenticate(bearer(token)).workflow_id == 1
+    wf, _, job, attempt = running_job(db)
+    token = one.issue_job_token(user="alice", workflow_id=wf, holder=(job, attempt))
+    assert two.authenticate(bearer(token)).workflow_id == wf
     assert not (tmp_path / "a" / "server.key").exists()
 
 
@@ -270,7 +293,8 @@ def test_server_key_file_is_created_0600_and_reused(
 ) -> None:
     path = home / "server.key"
     assert not path.exists()  # created lazily, on first use
-    token = auth.issue_job_token(user="alice", workflow_id=1)
+    wf, _, job, attempt = running_job(db)
+    token = auth.issue_job_token(user="alice", workflow_id=wf, holder=(job, attempt))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     key = path.read_bytes()
     assert len(key) == 32
@@ -532,7 +556,10 @@ def test_tokens_on_postgresql(pg_url: str, tmp_path: Path) -> None:
             auth.revoke_token(2**40)
         auth.revoke_token(token_id)
         assert "revoked" in refused(auth, bearer(token))
-        job = auth.issue_job_token(user="alice", workflow_id=1, work_id=2)
-        assert auth.authenticate(bearer(job)).work_id == 2
+        wf, work, job_id, attempt = running_job(engine)
+        job = auth.issue_job_token(
+            user="alice", workflow_id=wf, work_id=work, holder=(job_id, attempt)
+        )
+        assert auth.authenticate(bearer(job)).work_id == work
     finally:
         engine.dispose()

@@ -19,14 +19,17 @@ from tasklift.archive import (
     COMPLETE_MARKER,
     PackedArchive,
     archive_path,
+    check_archive,
     ensure_extracted,
     pack_source,
     safe_extract,
     sha256_file,
+    state_paths,
     store_archive,
     verify_archive,
 )
 from tasklift.errors import ArchiveError
+from tasklift.settings import Settings
 
 
 def write(path: Path, text: str = "x", mode: int | None = None) -> Path:
@@ -189,6 +192,57 @@ def test_size_limit_lists_largest_files(tree: Path) -> None:
     assert "exclude=[...]" in message and ".gitignore" in message
     assert "TASKLIFT_ARCHIVE_MAX_MB" in message
     assert pack_source(tree, exclude=["*.bin"], max_bytes=500_000).n_files == 5
+
+
+def test_file_limit_lists_the_directories_with_most_files(tree: Path) -> None:
+    for i in range(12):
+        write(tree / "data" / "raw" / f"r{i}.txt")
+    for i in range(5):
+        write(tree / "deep" / "a" / "b" / f"d{i}.txt")
+    for i in range(4):
+        write(tree / "logs" / f"l{i}.txt")
+    with pytest.raises(ArchiveError) as info:
+        pack_source(tree, max_files=20)
+    message = str(info.value)
+    assert "holds 26 files, over the archive limit of 20 files" in message
+    listed = r" +13  data/\n +12  data/raw/\n +5  deep/a/b/\n +4  logs/\n +2  pkg/\n"
+    assert re.search(listed, message), message  # deep/ and deep/a/ add nothing to deep/a/b/
+    assert "TASKLIFT_ARCHIVE_MAX_FILES" in message and "tasklift_out/" in message
+    assert pack_source(tree, max_files=26).n_files == 26
+
+
+def test_tasklift_state_inside_the_tree_is_never_packed(tree: Path, tmp_path: Path) -> None:
+    before = pack_source(tree)
+    home = tree / "state"
+    settings = Settings(home=home, archive_store=tree / "store", db_url=f"sqlite:///{tree}/x.db")
+    for rel in ("tasklift.db", "tasklift.db-wal", "archives/a.tar.gz", "cache/a/f.py",
+                "spool/1.json", "server.key"):  # fmt: skip
+        write(home / rel)
+    for rel in ("store/b.tar.gz", "x.db", "x.db-wal", "x.db-shm", "x.db-journal"):
+        write(tree / rel)
+    write(tree / ".tasklift" / "notes")
+    write(tree / "sub" / "tasklift_out" / "result.csv")
+    write(tree / "state_notes.txt", "not tasklift's")
+    packed = pack_source(tree, skip=state_paths(settings))
+    assert sorted(members(packed)) == sorted([*members(before), "state_notes.txt"])
+    assert pack_source(tree, skip=[tmp_path, tree]).sha256 != before.sha256  # holders: no-ops
+
+
+def test_home_that_is_the_tree_itself_skips_only_its_state(tree: Path) -> None:
+    before = pack_source(tree)
+    for rel in ("tasklift.db", "tasklift.db-shm", "archives/a.tar.gz", "cache/x/y.py"):
+        write(tree / rel)
+    assert pack_source(tree, skip=state_paths(Settings(home=tree))).sha256 == before.sha256
+
+
+def test_check_archive_counts_members_and_refuses_unsafe_ones(tree: Path, tmp_path: Path) -> None:
+    packed = pack_source(tree)
+    path = store_archive(tmp_path / "archives", packed)
+    assert check_archive(path) == packed.n_files
+    evil = hostile(tmp_path / "evil.tar.gz", ("../evil", tarfile.REGTYPE, ""))
+    with pytest.raises(ArchiveError, match=r"'\.\.'"):
+        check_archive(evil)
+    assert not (tmp_path / "evil").exists()
 
 
 # ---------------------------------------------------------------- store and verify

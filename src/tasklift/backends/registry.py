@@ -20,12 +20,14 @@ under :func:`object_name`.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 
 from tasklift.errors import ConfigError
 
 if TYPE_CHECKING:
     from tasklift.backends.base import Backend
+    from tasklift.backends.local import RunnerIsolation
     from tasklift.settings import Settings
 
 __all__ = ["KINDS", "backend_choice", "backend_from_settings", "object_name", "register_backend"]
@@ -62,8 +64,12 @@ def _class(kind: str) -> type[Backend]:
     )
 
 
-def backend_from_settings(name: str, settings: Settings) -> Backend:
+def backend_from_settings(
+    name: str, settings: Settings, *, isolation: RunnerIsolation | None = None
+) -> Backend:
     """Build the backend called ``name`` (a built-in kind or a configured name).
+
+    ``isolation`` (a multi-user server's) goes to every ``local`` backend it builds.
 
     Raises:
         ConfigError: an unknown name, an unknown type, or arguments the backend refuses.
@@ -86,10 +92,38 @@ def backend_from_settings(name: str, settings: Settings) -> Backend:
         params.setdefault("python", settings.job_python)
         if kind != "slurm":
             params.setdefault("workers", settings.workers)
+        if kind == "local" and isolation is not None:
+            params["isolation"] = isolation
+        if isolation is not None:
+            _multi_user(name, kind, params)
     try:
         return cls(**params)
     except TypeError as exc:
         raise ConfigError(f"backend {name!r} ({kind}): {exc}") from exc
+
+
+def _multi_user(name: str, kind: str, params: dict[str, Any]) -> None:
+    """What a multi-user server changes or refuses in a built-in backend's arguments.
+
+    Dask runs every job in a process of its own (never a worker thread shared by users'
+    jobs). Slurm jobs run as the account that submits them: a server running as root would
+    run users' jobs as root, so it refuses.
+
+    Raises:
+        ConfigError: ``isolate=False`` for Dask, or Slurm under a root server.
+    """
+    if kind == "dask":
+        if params.get("isolate") is False:
+            raise ConfigError(
+                f"backend {name!r}: a multi-user server runs each Dask job in a process of its "
+                "own; isolate=False is refused"
+            )
+        params["isolate"] = True
+    elif kind == "slurm" and os.geteuid() == 0:
+        raise ConfigError(
+            f"backend {name!r}: Slurm jobs run as the account that submits them, and this "
+            "server runs as root; run the server as an unprivileged account to use Slurm"
+        )
 
 
 def object_name(backend: Backend) -> str:

@@ -9,6 +9,7 @@ import threading
 import click
 
 from tasklift.cli.root import cli, with_options
+from tasklift.cli.secret_options import read_secret_file, refuse_secrets_in_argv
 from tasklift.db.session import mask_url
 from tasklift.settings import Settings
 
@@ -19,18 +20,55 @@ __all__ = ["engine_command"]
 @click.option("--db", "db_url", default=None, help="The server's database URL.")
 @click.option("--name", default=None, help="Stable engine name (default: host + home).")
 @click.option("--workers", default=None, type=int, help="Local backend worker processes.")
+@click.option("--db-url-file", default=None, help="Read the database URL from this 0600 file.")
+@click.option(
+    "--runner-user",
+    "runner_users",
+    multiple=True,
+    help="OS identity job runners run as (NAME, UID or LOW-HIGH; as for `tasklift server`).",
+)
+@click.option(
+    "--no-runner-isolation",
+    is_flag=True,
+    default=False,
+    help="Run jobs as this engine's own OS user (a server one person uses).",
+)
 @click.pass_obj
 def engine_command(
-    settings: Settings, db_url: str | None, name: str | None, workers: int | None
+    settings: Settings,
+    db_url: str | None,
+    name: str | None,
+    workers: int | None,
+    db_url_file: str | None,
+    runner_users: tuple[str, ...],
+    no_runner_isolation: bool,
 ) -> None:
     """Run jobs of the database's works next to the server; never a job another engine took."""
+    from tasklift.backends.base import Backend
+    from tasklift.backends.registry import backend_from_settings
     from tasklift.engine.core import Engine
     from tasklift.service.app import check_schema
+    from tasklift.service.runners import runner_isolation
 
-    settings = with_options(settings, db_url=db_url, engine_name=name, workers=workers)
+    if db_url_file:
+        db_url = read_secret_file(db_url_file, "database URL")
+    settings = with_options(
+        settings,
+        db_url=db_url,
+        engine_name=name,
+        workers=workers,
+        runner_user=",".join(runner_users) or None,
+        isolate_runners=False if no_runner_isolation else None,
+    )
+    refuse_secrets_in_argv(db=settings.db_url, bus=settings.bus)
     check_schema(settings)
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s %(message)s")
-    engine = Engine(settings, auto_upgrade=False, resume=True)
+    isolation = runner_isolation(settings, lambda: engine.db, who="tasklift engine")
+
+    def backends(backend_name: str) -> Backend:
+        return backend_from_settings(backend_name, settings, isolation=isolation)
+
+    engine = Engine(settings, auto_upgrade=False, resume=True, backend_factory=backends)
     engine.backend("local")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

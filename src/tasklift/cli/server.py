@@ -7,6 +7,7 @@ import logging
 import click
 
 from tasklift.cli.root import cli, with_options
+from tasklift.cli.secret_options import read_secret_file, refuse_secrets_in_argv
 from tasklift.db.session import mask_url
 from tasklift.settings import Settings
 
@@ -25,6 +26,28 @@ __all__ = ["server_command"]
     help="Result bus URL (stomp://user:pass@host:61613/prefix); default in-process.",
 )
 @click.option("--log-level", default="info", show_default=True)
+@click.option(
+    "--db-url-file",
+    default=None,
+    help="Read the database URL from this file (mode 0600): keeps its password off the "
+    "command line.",
+)
+@click.option("--bus-url-file", default=None, help="Read the bus URL from this file (mode 0600).")
+@click.option(
+    "--runner-user",
+    "runner_users",
+    multiple=True,
+    help="OS identity job runners run as: account NAME, UID or a LOW-HIGH range of uids "
+    "(repeatable, comma-separated); each is leased to one user at a time. Required unless "
+    "--no-runner-isolation.",
+)
+@click.option(
+    "--no-runner-isolation",
+    is_flag=True,
+    default=False,
+    help="Run jobs as the server's own OS user (only for a server one person uses: a job can "
+    "then read the server's key and database).",
+)
 @click.pass_obj
 def server_command(
     settings: Settings,
@@ -34,13 +57,29 @@ def server_command(
     workers: int | None,
     bus_url: str | None,
     log_level: str,
+    db_url_file: str | None,
+    bus_url_file: str | None,
+    runner_users: tuple[str, ...],
+    no_runner_isolation: bool,
 ) -> None:
     """Serve the REST API; the scheduler and backends run in this process."""
     import uvicorn
 
     from tasklift.service.app import check_schema, create_app
 
-    settings = with_options(settings, db_url=db_url, workers=workers, bus=bus_url)
+    if db_url_file:
+        db_url = read_secret_file(db_url_file, "database URL")
+    if bus_url_file:
+        bus_url = read_secret_file(bus_url_file, "bus URL")
+    settings = with_options(
+        settings,
+        db_url=db_url,
+        workers=workers,
+        bus=bus_url,
+        runner_user=",".join(runner_users) or None,
+        isolate_runners=False if no_runner_isolation else None,
+    )
+    refuse_secrets_in_argv(db=settings.db_url, bus=settings.bus)
     if not settings.public_url:  # where remote job runners (Dask, Slurm) reach this server
         from tasklift.service.job_api import advertised_host
 

@@ -25,6 +25,7 @@ __all__ = [
     "Job",
     "JobAttempt",
     "JobDep",
+    "WebSession",
     "Work",
     "WorkEdge",
     "Workflow",
@@ -190,6 +191,31 @@ class ApiToken(Base):
     expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class WebSession(Base):
+    """A web monitor login: the cookie holds a random secret, only its sha256 is stored.
+
+    ``expires_at`` is never later than the expiry of the credential the session was made from;
+    a session made from an API token also ends when that token is revoked or expires.
+    """
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user: Mapped[str] = mapped_column(String(200), index=True)
+    is_admin: Mapped[bool] = mapped_column(default=False)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    api_token_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_tokens.id"), nullable=True, index=True
+    )
+    """The API token logged in with (``None``: an OIDC token)."""
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """When the user logged out (the session is refused from then on)."""
+    last_seen_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """Last use, written at most once a minute."""
 
 
 class JobDep(Base):

@@ -22,10 +22,11 @@ import jwt
 from sqlalchemy import Engine, Table, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from tasklift.db.models import ApiToken
+from tasklift.db.models import ApiToken, Job
 from tasklift.errors import AuthenticationError, ConfigError, NotFoundError
 from tasklift.service.principal import Principal
 from tasklift.settings import Settings
+from tasklift.states import JobState
 
 __all__ = ["Authenticator", "TokenInfo", "server_key"]
 
@@ -47,6 +48,8 @@ JWKS_URL_MIN_REFRESH = 30.0  # an unknown kid refetches a JWKS URL at most this 
 _JOB_KEY_CONTEXT = b"tasklift job token v1"
 _API_TOKEN = re.compile(r"tl_([0-9]{1,9})_([A-Za-z0-9_-]{16,200})")
 _tokens = cast("Table", ApiToken.__table__)
+_jobs = cast("Table", Job.__table__)
+_LIVE_JOB_STATES = frozenset({JobState.QUEUED.value, JobState.RUNNING.value})
 
 
 def _sha256(secret: str) -> str:
@@ -293,16 +296,42 @@ class Authenticator:
         return principal
 
     def _check_job_token(self, token: str) -> Principal:
-        options: Any = {"require": ["exp", "sub", "typ", "wf"]}
+        options: Any = {"require": ["exp", "sub", "typ", "wf", "hj", "ha"]}
         try:
             claims = jwt.decode(token, self._signing_key(), algorithms=["HS256"], options=options)
         except jwt.PyJWTError as exc:
             raise _jwt_error("job token", exc) from exc
         wf, work, job = claims.get("wf"), claims.get("work"), claims.get("job")
+        holder, attempt = claims.get("hj"), claims.get("ha")
         ids_ok = isinstance(wf, int) and all(v is None or isinstance(v, int) for v in (work, job))
+        ids_ok = ids_ok and isinstance(holder, int) and isinstance(attempt, int)
         if claims.get("typ") != "job" or not isinstance(claims.get("sub"), str) or not ids_ok:
             raise AuthenticationError("invalid job token: unexpected claims")
-        return Principal(user=claims["sub"], kind="job", workflow_id=wf, work_id=work, job_id=job)
+        self._check_holder_alive(holder, attempt)
+        return Principal(
+            user=claims["sub"],
+            kind="job",
+            workflow_id=wf,
+            work_id=work,
+            job_id=job,
+            holder_job=holder,
+            holder_attempt=attempt,
+        )
+
+    def _check_holder_alive(self, job_id: int, attempt: int) -> None:
+        """Refuse the token of a job attempt that is no longer queued or running.
+
+        Raises:
+            AuthenticationError: the job ended, was retried (another attempt) or does not exist.
+        """
+        with self._db.connect() as conn:
+            row = conn.execute(
+                select(_jobs.c.state, _jobs.c.attempts).where(_jobs.c.id == job_id)
+            ).first()
+        if row is None or row[0] not in _LIVE_JOB_STATES or row[1] != attempt:
+            raise AuthenticationError(
+                f"job token of job {job_id} attempt {attempt}: that attempt has ended"
+            )
 
     def _check_oidc(self, token: str, kid: str | None) -> Principal:
         settings = self._settings
@@ -339,15 +368,21 @@ class Authenticator:
         *,
         user: str,
         workflow_id: int,
+        holder: tuple[int, int],
         work_id: int | None = None,
         job_id: int | None = None,
         ttl: float | None = None,
     ) -> str:
         """Sign a job token for the owner ``user``, scoped to a workflow, work and job.
 
+        The token dies with the job attempt that holds it: once that attempt is no longer
+        queued or running (ended, retried, cancelled) the server refuses it.
+
         Args:
             user: the workflow's owner (the job acts on their behalf).
             workflow_id: the workflow the token belongs to.
+            holder: ``(job id, attempt)`` of the job attempt whose runner holds the token
+                (a child workflow's token keeps its parent runner's).
             work_id: the work it is scoped to (``None``: a workflow runner).
             job_id: the one job it may report for (``None``: any job of the work).
             ttl: seconds it stays valid (default: ``settings.job_token_ttl``).
@@ -357,7 +392,15 @@ class Authenticator:
         """
         now = int(time.time())
         lifetime = self._settings.job_token_ttl if ttl is None else ttl
-        claims = {"typ": "job", "sub": user, "wf": workflow_id, "work": work_id, "job": job_id}
+        claims: dict[str, Any] = {
+            "typ": "job",
+            "sub": user,
+            "wf": workflow_id,
+            "work": work_id,
+            "job": job_id,
+            "hj": holder[0],
+            "ha": holder[1],
+        }
         claims |= {"iat": now, "exp": int(now + lifetime)}
         return jwt.encode(claims, self._signing_key(), algorithm="HS256")
 

@@ -8,6 +8,7 @@ from fastapi import Depends, Header, Path, Request
 from starlette.concurrency import run_in_threadpool
 
 from tasklift.service.principal import Principal
+from tasklift.service.sessions import COOKIE, SAFE_METHODS, check_same_origin, session_store
 
 if TYPE_CHECKING:
     from tasklift.engine.core import Engine
@@ -36,15 +37,28 @@ async def get_settings(request: Request) -> Settings:
 async def get_principal(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Principal:
-    """Authenticate the ``Authorization: Bearer`` header (or the web session cookie).
+    """Authenticate the ``Authorization: Bearer`` header, else the web session cookie.
 
     A token verified in the last seconds is answered from the authenticator's cache on the
     event loop; anything else is verified in a worker thread (it may read the database).
+
+    The cookie names a server-side session (:class:`~tasklift.service.sessions.SessionStore`),
+    never a token. An unsafe request (POST, PUT, PATCH, DELETE) authenticated by the cookie
+    must come from this server's own pages: its ``Origin`` (else ``Referer``) is checked
+    before the session is (CSRF). Requests with an ``Authorization`` header are not affected:
+    a browser never adds that header to a cross-site request by itself.
+
+    Raises:
+        AuthenticationError: no valid credential (401, or the login page for pages).
+        PermissionDeniedError: a cookie-authenticated unsafe request from another origin (403).
     """
     if authorization is None:
-        cookie = request.cookies.get("tasklift_session")
+        cookie = request.cookies.get(COOKIE)
         if cookie:
-            authorization = f"Bearer {cookie}"
+            if request.method not in SAFE_METHODS:
+                settings: Settings = request.app.state.settings
+                check_same_origin(request, settings.public_url)
+            return await run_in_threadpool(session_store(request).lookup, cookie)
     auth: Authenticator = request.app.state.auth
     principal = auth.cached(authorization)
     if principal is None:

@@ -67,11 +67,15 @@ def job_token_issuer(auth: Authenticator, engine: Engine) -> Callable[[WorkSpec,
         return name
 
     def issue(spec: WorkSpec, job: JobSpec) -> str:
+        holder = (job.job_id, job.attempt)
         if spec.kind == "workflow":
-            return auth.issue_job_token(user=owner(spec.workflow_id), workflow_id=spec.workflow_id)
+            return auth.issue_job_token(
+                user=owner(spec.workflow_id), workflow_id=spec.workflow_id, holder=holder
+            )
         return auth.issue_job_token(
             user=owner(spec.workflow_id),
             workflow_id=spec.workflow_id,
+            holder=holder,
             work_id=spec.work_id,
             job_id=job.job_id,
         )

@@ -22,6 +22,8 @@ class Principal:
         work_id: job tokens: the work they are scoped to (``None``: a workflow runner, which may
             create works in ``workflow_id``).
         job_id: job tokens: the single job they may report for (``None``: any job of the work).
+        holder_job: job tokens: the job whose runner holds the token (it dies with it).
+        holder_attempt: job tokens: the attempt of ``holder_job`` it was issued to.
     """
 
     user: str
@@ -30,6 +32,15 @@ class Principal:
     workflow_id: int | None = None
     work_id: int | None = None
     job_id: int | None = None
+    holder_job: int | None = None
+    holder_attempt: int | None = None
+
+    @property
+    def holder(self) -> tuple[int, int]:
+        """``(job, attempt)`` holding this job token (for the tokens of child workflows)."""
+        if self.holder_job is None or self.holder_attempt is None:
+            raise PermissionDeniedError("only a job token has a holding job")
+        return self.holder_job, self.holder_attempt
 
     def can_see(self, owner: str) -> bool:
         """True when this principal may read and act on something owned by ``owner``."""

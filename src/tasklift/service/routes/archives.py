@@ -1,7 +1,8 @@
 """Routes: the content-addressed archive store, ``HEAD/PUT/GET /archives/{sha256}``.
 
 Uploads stream into a temporary file next to the store, hashed on the way in, and are
-renamed into place only when their hash matches the path; an archive is never stored twice.
+renamed into place only when their hash matches the path and their tar headers stay within the
+extraction limits; an archive is never stored twice.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import ClientDisconnect
 
-from tasklift.archive import archive_path
+from tasklift.archive import archive_path, check_archive
 from tasklift.db import queries as q
 from tasklift.errors import ArchiveError, ConflictError, NotFoundError, PermissionDeniedError
 from tasklift.service.deps import EngineDep, PrincipalDep, SettingsDep, UserDep
@@ -92,7 +93,10 @@ def get_archive(sha256: Sha256, principal: PrincipalDep, engine: EngineDep) -> F
         **_ERRORS,
         409: {"description": "The uploaded bytes do not hash to the path's sha256."},
         413: {"description": "Larger than the server's upload limit."},
-        422: {"description": "Not a sha256, or not a gzip file."},
+        422: {
+            "description": "Not a sha256, not a gzip tar, or it would expand past the "
+            "extraction limits (archive_max_mb, archive_max_files) or outside its directory."
+        },
     },
     openapi_extra={
         "requestBody": {
@@ -118,7 +122,9 @@ async def put_archive(
     Raises:
         HTTPException: 413 when the body exceeds ``max_archive_upload_mb``.
         ConflictError: the body hashes to something else; nothing is stored.
-        ArchiveError: the body is not a gzip file; nothing is stored.
+        ArchiveError: the body is not a gzip file, or its tar headers declare more than
+            ``archive_max_mb`` of files or ``archive_max_files`` members, or an unsafe member
+            (read as a stream, nothing extracted); nothing is stored.
     """
     final = archive_path(settings.archive_dir, sha256)
     if final.is_file():
@@ -147,6 +153,17 @@ async def put_archive(
             )
         if not head.startswith(GZIP_MAGIC):
             raise ArchiveError(f"archive {sha256} is not a gzip file; nothing stored")
+        try:
+            await run_in_threadpool(
+                check_archive,
+                tmp,
+                max_bytes=settings.archive_max_bytes,
+                max_files=settings.archive_max_files,
+                name=sha256,
+            )
+        except ArchiveError as exc:
+            logger.warning("upload of archive %s by %s refused: %s", sha256, principal.user, exc)
+            raise ArchiveError(f"{exc} by the server; nothing stored") from exc
         os.chmod(tmp, 0o644)
         os.replace(tmp, final)
     except ClientDisconnect as exc:
