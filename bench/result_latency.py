@@ -130,7 +130,7 @@ def latency_workflow(n: int, offset: int) -> dict[str, list[float]]:
         single.append(time.time() - returned)
     handle = paced(pause=STREAM_PAUSE, group_kwargs=[{"i": offset + i} for i in range(n)],
                    return_work=True)
-    stream = [time.time() - returned for returned in handle.as_completed(timeout=600)]
+    stream = [time.time() - job.value for job in handle.as_completed(timeout=600)]
     return {"single": single, "stream": stream}
 
 

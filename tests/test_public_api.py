@@ -3,11 +3,11 @@
 import tasklift
 
 PINNED = [
-    "ArchiveError", "AsyncResult", "BackendError", "BusError", "ConfigError", "JobFailure",
-    "JobState", "MapResult", "NotFoundError", "Progress", "SerializationError",
-    "SubmissionError", "TaskliftError", "Work", "WorkFailed", "WorkState", "WorkTimeout",
-    "Workflow", "WorkflowState", "__version__", "get_unique_id_for_dict", "shutdown", "work",
-    "workflow",
+    "ArchiveError", "AsyncResult", "BackendError", "BusError", "CompletedJob", "ConfigError",
+    "JobFailure", "JobSkipped", "JobState", "MapResult", "NotFoundError", "Progress",
+    "SerializationError", "SubmissionError", "TaskliftError", "Work", "WorkFailed", "WorkState",
+    "WorkTimeout", "Workflow", "WorkflowState", "__version__", "get_unique_id_for_dict",
+    "shutdown", "work", "workflow",
 ]
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tasklift.api.decorators import work, workflow
-    from tasklift.api.results import AsyncResult, MapResult, Progress, Work
+    from tasklift.api.results import AsyncResult, CompletedJob, MapResult, Progress, Work
     from tasklift.api.run import Workflow, shutdown
     from tasklift.errors import (
         ArchiveError,
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         BusError,
         ConfigError,
         JobFailure,
+        JobSkipped,
         NotFoundError,
         SerializationError,
         SubmissionError,
@@ -40,8 +41,10 @@ _WHERE: dict[str, str] = {
     "AsyncResult": "tasklift.api.results",
     "BackendError": "tasklift.errors",
     "BusError": "tasklift.errors",
+    "CompletedJob": "tasklift.api.results",
     "ConfigError": "tasklift.errors",
     "JobFailure": "tasklift.errors",
+    "JobSkipped": "tasklift.errors",
     "JobState": "tasklift.states",
     "MapResult": "tasklift.api.results",
     "NotFoundError": "tasklift.errors",
@@ -66,8 +69,10 @@ __all__ = [
     "AsyncResult",
     "BackendError",
     "BusError",
+    "CompletedJob",
     "ConfigError",
     "JobFailure",
+    "JobSkipped",
     "JobState",
     "MapResult",
     "NotFoundError",

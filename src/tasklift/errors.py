@@ -5,6 +5,7 @@
     TaskliftError
     ├── SubmissionError        bad input found before anything runs (nothing was stored)
     ├── WorkFailed             a work ended with fewer successful jobs than its min_success
+    ├── JobSkipped             the one job whose result was asked for was skipped (when=)
     ├── WorkTimeout            waiting for results took longer than the caller allowed
     ├── WorkflowFailedError    a workflow (waited for by id) failed or was cancelled
     ├── ConfigError            an unknown name, a malformed URL, an invalid setting
@@ -35,6 +36,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "JobFailure",
+    "JobSkipped",
     "NotFoundError",
     "PermissionDeniedError",
     "SerializationError",
@@ -44,7 +46,17 @@ __all__ = [
     "WorkFailed",
     "WorkTimeout",
     "WorkflowFailedError",
+    "short_repr",
 ]
+
+REPR_LIMIT = 120
+"""Characters of a job's kwargs shown in messages."""
+
+
+def short_repr(value: Any, limit: int = REPR_LIMIT) -> str:
+    """``repr(value)`` cut to ``limit`` characters (``...`` marks the cut)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class TaskliftError(Exception):
@@ -122,19 +134,41 @@ class WorkFailed(TaskliftError):
     def __str__(self) -> str:
         head = (
             f"work {self.work_name!r}: {len(self.failures)} of {self.n_jobs} jobs failed "
-            f"({self.n_succeeded} succeeded, min_success={self.min_success:g})"
+            f"({self.n_succeeded} succeeded; min_success={self.min_success:g} requires "
+            f"{100 * self.min_success:.4g} % of the jobs to succeed)"
         )
         lines = [head]
         for failure in self.failures[:5]:
             lines.append(
-                f"  job {failure.key[:12]} after {failure.attempts} attempt(s): "
-                f"{failure.error_type}: {failure.message}"
+                f"  job {failure.key[:12]} {short_repr(failure.kwargs)} after "
+                f"{failure.attempts} attempt(s): {failure.error_type}: {failure.message}"
             )
         if len(self.failures) > 5:
             lines.append(f"  ... and {len(self.failures) - 5} more")
         if self.failures and self.failures[0].traceback:
             lines.append("first traceback:\n" + self.failures[0].traceback.rstrip())
         return "\n".join(lines)
+
+
+class JobSkipped(TaskliftError):
+    """The result of a single job was asked for (``Work.result()``, a one-job call) but the
+    job was skipped: its ``when=`` condition was false, or an input it needs was skipped.
+
+    Attributes:
+        work_name: the work's name.
+        failure: the skipped job (state ``skipped``, its reason in ``message``).
+    """
+
+    def __init__(self, work_name: str, failure: JobFailure) -> None:
+        super().__init__(work_name, failure)
+        self.work_name = work_name
+        self.failure = failure
+
+    def __str__(self) -> str:
+        return (
+            f"work {self.work_name!r}: job {self.failure.key[:12]} "
+            f"{short_repr(self.failure.kwargs)} was skipped ({self.failure.message})"
+        )
 
 
 class WorkTimeout(TaskliftError):

@@ -7,28 +7,43 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tasklift.errors import SubmissionError
+from tasklift.errors import SerializationError, SubmissionError
+from tasklift.serializers import DICT, encode_value, needs_tags
 
-__all__ = ["canonical_json", "get_unique_id_for_dict", "job_key"]
+__all__ = ["canonical_json", "get_unique_id_for_dict", "job_key", "memo_key", "occurrence_key"]
 
 
 def canonical_json(obj: Any) -> str:
     """Return the canonical JSON text of ``obj``: sorted keys, no whitespace, UTF-8.
 
+    Plain JSON values are written as they are (their keys never change). Values the JSON
+    serializer tags (tuples, NumPy arrays, non-string dict keys, nan/inf) are written in that
+    tagged form, so a tuple and a list, or an array and a list, make different keys; a NumPy
+    scalar makes the key of the Python number.
+
     Raises:
-        TypeError: when ``obj`` holds something JSON cannot represent.
+        TypeError: when ``obj`` holds something the JSON serializer cannot carry unchanged.
     """
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_plain
-    )
+    if needs_tags(obj):
+        try:
+            obj = _sorted_pairs(encode_value(obj))
+        except SerializationError as exc:
+            raise TypeError(str(exc)) from None
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _plain(obj: Any) -> Any:
-    """Turn NumPy scalars and arrays into plain Python values (as the JSON serializer does)."""
-    tolist = getattr(obj, "tolist", None)
-    if callable(tolist) and type(obj).__module__ == "numpy":
-        return tolist()
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+def _sorted_pairs(obj: Any) -> Any:
+    """Order the pairs of tagged dicts (``{"__dict__": [[k, v], ...]}``) by their key's text,
+    so that the key of a dict does not depend on the order it was built in."""
+    if isinstance(obj, list):
+        return [_sorted_pairs(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if len(obj) == 1 and DICT in obj:
+        pairs = [[_sorted_pairs(k), _sorted_pairs(v)] for k, v in obj[DICT]]
+        pairs.sort(key=lambda kv: json.dumps(kv[0], sort_keys=True, separators=(",", ":")))
+        return {DICT: pairs}
+    return {k: _sorted_pairs(v) for k, v in obj.items()}
 
 
 def get_unique_id_for_dict(d: Mapping[str, Any]) -> str:
@@ -57,3 +72,24 @@ def job_key(args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
     except TypeError as exc:
         raise SubmissionError(f"arguments are not JSON-serializable: {exc}") from exc
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def memo_key(*parts: Any, when: bytes | None = None) -> str:
+    """Return the memo key of a work: the finished jobs of works with the same memo key and
+    job key are reused.
+
+    ``parts`` are what makes a job's result the same (archive hash, function, script,
+    serializer; the owner on a server). ``when`` (the cloudpickled ``when=`` predicate, code
+    and captured values) is part of it, so changing the condition never reuses jobs decided by
+    another one; works without ``when`` keep the key they always had.
+    """
+    text = "|".join(str(p) for p in parts)
+    if when is not None:
+        text += "|when:" + hashlib.sha256(when).hexdigest()
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def occurrence_key(key: str, occurrence: int) -> str:
+    """The key of the ``occurrence``-th repeat (1, 2, ...) of a job whose arguments already
+    occur earlier in the same work; the first occurrence keeps ``key`` itself."""
+    return hashlib.sha256(f"{key}#{occurrence}".encode()).hexdigest()

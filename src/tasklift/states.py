@@ -127,7 +127,8 @@ class WorkflowState(StrEnum):
     FAILED = "failed"
     """The workflow function raised, or its process died (the error says which)."""
     CANCELLED = "cancelled"
-    """Cancelled by a user."""
+    """Cancelled by a user, or its embedded submitting process was killed (its open jobs were
+    cancelled; the error says which)."""
 
 
 WORKFLOW_TERMINAL: frozenset[WorkflowState] = frozenset(

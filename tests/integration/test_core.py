@@ -91,7 +91,7 @@ def test_return_work_handles_run_concurrently(settings):
                                return_work=True)
         b = workfns.add(group_kwargs=[{"x": i} for i in range(10)], return_work=True)
         assert a.submit() is a
-        seen = sorted(b.as_completed(timeout=30))
+        seen = sorted(value for _kwargs, value in b.as_completed(timeout=30))
         ra = a.results(timeout=30)
         return seen, ra, a.status, a.progress
 
@@ -185,12 +185,11 @@ def test_non_json_kwargs_refused_before_anything_is_stored(settings):
         assert conn.execute(select(func.count()).select_from(Job)).scalar() == 1
 
 
-def test_duplicate_kwargs_refused(settings):
+def test_duplicate_kwargs_run_as_jobs_of_their_own(settings):
     def wf():
         return workfns.add(group_kwargs=[{"x": 1}, {"x": 1}])
 
-    with pytest.raises(SubmissionError, match="identical arguments"):
-        run(settings, wf)
+    assert run(settings, wf) == [1, 1]  # issue 18: each repeat is its own job
 
 
 def test_non_json_result_fails_without_retry_and_pickle_works(settings):

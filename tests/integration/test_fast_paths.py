@@ -7,11 +7,12 @@ import pytest
 import workfns
 from sqlalchemy import select
 
-from tasklift import SubmissionError, Workflow
+from tasklift import Workflow, get_unique_id_for_dict
 from tasklift.api import joblist
 from tasklift.api.run import embedded_engine
 from tasklift.db import queries as q
 from tasklift.engine import core, storing
+from tasklift.keys import occurrence_key
 from tasklift.settings import Settings
 
 
@@ -74,7 +75,7 @@ def test_first_jobs_are_claimed_in_the_store_transaction(settings):
 def test_a_large_work_runs_while_it_is_stored_in_chunks(settings, small_chunks):
     def wf():
         handle = workfns.add(y=1, group_kwargs=[{"x": i} for i in range(230)], return_work=True)
-        first = next(iter(handle.as_completed(timeout=60)))
+        first = next(iter(handle.as_completed(timeout=60))).value
         assert handle.wait_stored(timeout=60)
         return handle.work_id, first, handle.results(timeout=60)
 
@@ -103,14 +104,15 @@ def test_a_rerun_reuses_the_jobs_of_every_chunk(settings, small_chunks):
     assert (row["status"], row["n_reused"], row["n_finished"]) == ("finished", 120, 150)
 
 
-def test_identical_jobs_further_down_a_large_work_fail_it(settings, small_chunks):
+def test_identical_jobs_further_down_a_large_work_run_as_their_own(settings, small_chunks):
     def wf():
         points = [{"x": i} for i in range(100)] + [{"x": 5}]
         handle = workfns.add(group_kwargs=points, return_work=True)
-        handle.results(timeout=60)
+        return handle.results(timeout=60), list(handle.keys)
 
-    with pytest.raises(SubmissionError, match=r"jobs #5 and #100 have identical arguments"):
-        run(settings, wf)
+    values, keys = run(settings, wf)
+    assert values == [*range(100), 5]  # issue 18: a repeat is a job of its own
+    assert keys[5] == get_unique_id_for_dict({"x": 5}) and keys[100] == occurrence_key(keys[5], 1)
 
 
 def test_job_keys_are_computed_lazily_and_checked(monkeypatch):
@@ -129,5 +131,4 @@ def test_job_keys_are_computed_lazily_and_checked(monkeypatch):
     big = [([], {"x": i % 60}) for i in range(70)]
     lazy = joblist.JobList("w", big, big, texts, lambda b: [b"p"] * len(b), lambda t: t)
     assert len(lazy) == 70 and lazy.keys[3] == "3"
-    with pytest.raises(SubmissionError, match="jobs #0 and #60"):
-        lazy[0:70]
+    assert [k for k, _ in lazy[0:70]][60:62] == [occurrence_key("0", 1), occurrence_key("1", 1)]

@@ -71,7 +71,7 @@ def test_sigkilled_worker_job_is_retried_and_every_result_arrives_once(settings,
         pid = lostfns.held_pid(marks, victim)
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
-        return w.work_id, sorted(w.as_completed(timeout=60))
+        return w.work_id, sorted(j.value for j in w.as_completed(timeout=60))
 
     try:
         work_id, values = Workflow(func=wf, settings=settings, bus=stomp_url).run()
@@ -114,7 +114,7 @@ def test_broker_stopped_and_started_mid_work_nothing_lost_no_hang(settings, stom
         with broker_stopped():
             lostfns.wait_for(lambda: not bus.connected, 30, "the bus noticing the stop")
             gate1.touch()
-            seen["first"] = sorted(w1.as_completed(timeout=60))  # from the DB: no broker
+            seen["first"] = sorted(j.value for j in w1.as_completed(timeout=60))  # DB: no broker
             seen["down_during_first"] = not bus.connected
             # a work submitted while the broker is away: its subscription binds later
             w2 = lostfns.tracked(marks=str(marks2), gate=str(gate2), return_work=True,

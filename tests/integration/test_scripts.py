@@ -184,7 +184,7 @@ def test_killed_campaign_resumes_without_rerunning_finished_jobs(tmp_path, scrip
         [python, "-m", "tasklift.cli", "ls", "--json"], env=env, capture_output=True,
         text=True, timeout=60, check=True).stdout)
     statuses = {row["id"]: row["status"] for row in after}
-    assert statuses == {1: "failed", 2: "finished"}  # the killed run is closed, not "running"
+    assert statuses == {1: "cancelled", 2: "finished"}  # the killed run is closed (issue 18)
 
 
 def test_process_env_untouched():

@@ -18,10 +18,10 @@ import jwt
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from job_holders import end_job, running_job
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from sqlalchemy import Engine, select, update
 
+from job_holders import end_job, running_job
 from tasklift.cli import cli
 from tasklift.db.models import ApiToken
 from tasklift.db.session import create_db_engine, upgrade
@@ -224,7 +224,7 @@ def test_job_token_roundtrip(auth: Authenticator, db: Engine) -> None:
 
 
 def test_job_token_dies_with_its_job_attempt(auth: Authenticator, db: Engine) -> None:
-    wf, work, job, attempt = running_job(db)
+    wf, _, job, attempt = running_job(db)
     token = auth.issue_job_token(user="alice", workflow_id=wf, holder=(job, attempt))
     stale = auth.issue_job_token(user="alice", workflow_id=wf, holder=(job, attempt - 1))
     assert "has ended" in refused(auth, bearer(stale))  # an earlier attempt's token

@@ -159,15 +159,22 @@ class WorkFunction:
         if not self.map_results:
             return values
         from tasklift.api.results import MapResult
-        from tasklift.keys import job_key
+        from tasklift.keys import job_key, occurrence_key
 
-        mapped = {job_key(a, k): v for (a, k), v in zip(calls, values, strict=True)}
+        keys: list[str] = []
+        repeats: dict[str, int] = {}
+        for a, k in calls:  # repeated arguments get keys of their own, as in a workflow
+            key = job_key(a, k)
+            repeats[key] = repeats.get(key, -1) + 1
+            keys.append(occurrence_key(key, repeats[key]) if repeats[key] else key)
         return MapResult(
-            mapped,
+            dict(zip(keys, values, strict=True)),
             [],
             {"n_jobs": len(values), "in_process": True},
             list(args),
             {**self.pre_kwargs, **kwargs},
+            keys=keys,
+            elements=list(group),
         )
 
 

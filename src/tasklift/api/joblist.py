@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, overload
 
-from tasklift.errors import SubmissionError
+from tasklift.keys import occurrence_key
 
 __all__ = ["EAGER_UP_TO", "JobList", "LazyCalls"]
 
@@ -49,7 +49,7 @@ class JobList(Sequence[tuple[str, bytes]]):
         self._payloads = payloads
         self._hash = hash_text
         self._keys: list[str] = []
-        self._seen: dict[str, int] = {}
+        self._seen: dict[str, int] = {}  # key -> how often it repeated so far
         self._last: tuple[int, int, Sequence[Call]] | None = None  # calls made for keys
         self._lock = threading.Lock()
         self.keys: Sequence[str] = _Keys(self)
@@ -98,7 +98,8 @@ class JobList(Sequence[tuple[str, bytes]]):
         return self._keys
 
     def _ensure(self, upto: int) -> None:
-        """Compute keys up to ``upto`` (exclusive), checking that no two jobs are the same."""
+        """Compute keys up to ``upto`` (exclusive); a repeat of earlier arguments gets an
+        occurrence key (:func:`tasklift.keys.occurrence_key`)."""
         if len(self._keys) >= upto:
             return
         with self._lock:
@@ -109,19 +110,18 @@ class JobList(Sequence[tuple[str, bytes]]):
             if self._key_calls is self._calls:
                 self._last = (start, upto, batch)
             texts = self._texts(batch)
-            for i, text in enumerate(texts, start):
+            for text in texts:
                 key = self._hash(text)
-                seen = self._seen.setdefault(key, i)
-                if seen != i:
-                    raise SubmissionError(
-                        f"work {self._name!r}: jobs #{seen} and #{i} have identical "
-                        "arguments; jobs are identified by their kwargs (add e.g. a seed to "
-                        "tell them apart)",
-                        key=key,
-                    )
+                if key in self._seen:
+                    # the same arguments again: its own job, under a key of its own (the first
+                    # occurrence keeps the plain key, so reuse of earlier runs is unchanged)
+                    self._seen[key] += 1
+                    key = occurrence_key(key, self._seen[key])
+                else:
+                    self._seen[key] = 0
                 self._keys.append(key)
             if len(self._keys) == len(self._calls):
-                self._seen = {}  # every key is known and checked: the index is not needed
+                self._seen = {}  # every key is known: the repeat counts are not needed
 
 
 class _Keys(Sequence[str]):

@@ -15,9 +15,11 @@ from tasklift.engine.state import needed_successes
 from tasklift.errors import (
     DatabaseUnavailable,
     JobFailure,
+    JobSkipped,
     SubmissionError,
     WorkFailed,
     WorkTimeout,
+    short_repr,
 )
 from tasklift.keys import job_key
 from tasklift.serializers import get_serializer
@@ -26,7 +28,7 @@ from tasklift.states import JobState, WorkState
 if TYPE_CHECKING:
     from tasklift.engine.core import Engine
 
-__all__ = ["AsyncResult", "MapResult", "Progress", "Work", "WorkRef"]
+__all__ = ["AsyncResult", "CompletedJob", "MapResult", "Progress", "Work", "WorkRef"]
 
 logger = logging.getLogger(__name__)
 
@@ -162,8 +164,13 @@ class AsyncResult:
 class MapResult(Mapping[str, Any]):
     """Read-only mapping job key -> result, in submission order (successful jobs only).
 
+    Iterating gives the job keys (of the merged kwargs). Looking up also accepts a
+    ``group_kwargs`` element itself (``res[p]``) or its own id (``res[get_unique_id_for_dict(p)]``,
+    which differs from the job key when the call adds kwargs): both find that element's job.
+
     Attributes:
         failures: :class:`~tasklift.errors.JobFailure` of every job that did not succeed.
+        skipped: :class:`~tasklift.errors.JobFailure` of every job skipped by ``when=``.
         metrics: counts and timings of the work.
     """
 
@@ -174,16 +181,52 @@ class MapResult(Mapping[str, Any]):
         metrics: dict[str, Any],
         base_args: Sequence[Any],
         base_kwargs: Mapping[str, Any],
+        *,
+        keys: Sequence[str] | None = None,
+        elements: Sequence[Any] | None = None,
+        skipped: Sequence[JobFailure] = (),
     ) -> None:
         self._values = values
         self.failures = failures
+        self.skipped = list(skipped)
         self.metrics = metrics
         self._base_args = list(base_args)
         self._base_kwargs = dict(base_kwargs)
         self._failed = {f.key: f for f in failures}
+        self._skipped = {f.key: f for f in self.skipped}
+        self._keys = keys
+        self._elements = elements
+        self._by_element_id: dict[str, str] | None = None
 
-    def __getitem__(self, key: str) -> Any:
-        return self._values[key]
+    def __getitem__(self, key: str | Mapping[str, Any]) -> Any:
+        if isinstance(key, str):
+            if key in self._values:
+                return self._values[key]
+            full = self._element_ids().get(key)
+            if full is None:
+                raise KeyError(key)
+            return self._values[full]
+        if isinstance(key, Mapping):
+            return self._values[self.key_of(key)]
+        raise KeyError(key)
+
+    def _element_ids(self) -> dict[str, str]:
+        """``{id of a group_kwargs element: its job key}`` (made at the first miss)."""
+        if self._by_element_id is None:
+            ids: dict[str, str] = {}
+            if self._keys is not None and self._elements is not None:
+                for key, element in zip(self._keys, self._elements, strict=False):
+                    try:
+                        own = (
+                            job_key([], element)
+                            if isinstance(element, Mapping)
+                            else job_key(list(element), {})
+                        )
+                    except (SubmissionError, TypeError):
+                        continue
+                    ids.setdefault(own, key)
+            self._by_element_id = ids
+        return self._by_element_id
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._values)
@@ -211,16 +254,59 @@ class MapResult(Mapping[str, Any]):
         Raises:
             KeyError: no such job, or the job failed (the message gives its error).
         """
+        looked_for = ""
         if key is None:
             if args is None:
                 raise TypeError("get_result needs args= or key=")
             key = self.key_of(args)
+            merged: Any = (
+                {**self._base_kwargs, **args}
+                if isinstance(args, Mapping)
+                else {"args": list(args), "kwargs": self._base_kwargs}
+            )
+            looked_for = f" (looked for {short_repr(merged)})"
+        elif key not in self._values and key not in self._failed and key not in self._skipped:
+            key = self._element_ids().get(key, key)  # the id of an element as given
         if key in self._values:
             return self._values[key]
         failure = self._failed.get(key)
         if failure is not None:
-            raise KeyError(f"job {key[:12]} did not succeed: {failure}")
-        raise KeyError(f"no job with key {key[:12]} in this work")
+            raise KeyError(f"job {key[:12]}{looked_for} did not succeed: {failure}")
+        skipped = self._skipped.get(key)
+        if skipped is not None:
+            raise KeyError(f"job {key[:12]}{looked_for} was skipped: {skipped.message}")
+        raise KeyError(f"no job with key {key[:12]} in this work{looked_for}")
+
+
+@dataclass(frozen=True, eq=False)
+class CompletedJob:
+    """A successful job as :meth:`Work.as_completed` yields it (like a done Dask future).
+
+    Unpacks as ``(kwargs, value)``: ``for kwargs, value in work.as_completed(): ...``.
+
+    Attributes:
+        index: the job's position in the work (its ``group_kwargs`` element).
+        key: the job key.
+        args: positional arguments of the job ([] for keyword-only jobs).
+        kwargs: the job's merged kwargs.
+        value: the job's result.
+    """
+
+    index: int
+    key: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    value: Any
+
+    def result(self) -> Any:
+        """The job's result (as ``value``; the name Dask and ``concurrent.futures`` use)."""
+        return self.value
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.kwargs, self.value))
+
+    def __repr__(self) -> str:
+        return f"CompletedJob(index={self.index}, kwargs={short_repr(self.kwargs)})"
 
 
 @dataclass(frozen=True)
@@ -256,6 +342,7 @@ class Work:
         show_progress: bool = False,
         subscribed_before_dispatch: bool = False,
         workflow_id: int | None = None,
+        elements: Sequence[Any] | None = None,
     ) -> None:
         self.engine = engine
         self.work_id = work_id
@@ -265,6 +352,7 @@ class Work:
         self.calls = calls
         self._base_args = list(base_args)
         self._base_kwargs = dict(base_kwargs)
+        self._elements = elements  # the group_kwargs as given (MapResult looks them up)
         self._serializer = get_serializer(serializer)
         self.map_results = map_results
         self.min_success = min_success
@@ -360,8 +448,10 @@ class Work:
         wait = getattr(self.engine, "wait_stored", None)
         return True if wait is None else bool(wait(self.work_id, timeout))
 
-    def as_completed(self, timeout: float | None = None) -> Iterator[Any]:
-        """Yield results as jobs finish (arrival order); failures are collected, not yielded.
+    def as_completed(self, timeout: float | None = None) -> Iterator[CompletedJob]:
+        """Yield a :class:`CompletedJob` per successful job as jobs finish (arrival order):
+        ``for kwargs, value in work.as_completed(): ...``, or ``job.index``, ``job.key``,
+        ``job.result()``. Failed and skipped jobs are collected, not yielded.
 
         Raises:
             WorkTimeout: ``timeout`` seconds (for the whole iteration) passed first.
@@ -375,7 +465,10 @@ class Work:
             for record in self._async.arrivals(seen):
                 seen += 1
                 if record.state == JobState.FINISHED.value:
-                    yield self._decode(record)
+                    args, kwargs = self.calls[record.idx]
+                    yield CompletedJob(
+                        record.idx, self.keys[record.idx], args, kwargs, self._decode(record)
+                    )
         self._check()
 
     def results(self, timeout: float | None = None) -> Any:
@@ -396,7 +489,14 @@ class Work:
                 if r.state == JobState.FINISHED.value
             }
             return MapResult(
-                values, self.failures, self.metrics, self._base_args, self._base_kwargs
+                values,
+                self.failures,
+                self.metrics,
+                self._base_args,
+                self._base_kwargs,
+                keys=self.keys,
+                elements=self._elements,
+                skipped=[self._failure(r) for r in records if r.state == JobState.SKIPPED.value],
             )
         return [
             self._decode(r) if r.state == JobState.FINISHED.value else self._failure(r)
@@ -404,12 +504,20 @@ class Work:
         ]
 
     def result(self, timeout: float | None = None) -> Any:
-        """The single result of a one-job work."""
+        """The single result of a one-job work.
+
+        Raises:
+            JobSkipped: the job was skipped (its ``when=`` was false, or an input was skipped).
+            WorkFailed: the job did not succeed.
+        """
         if len(self.keys) != 1:
             raise ValueError(f"work {self.name!r} has {len(self.keys)} jobs; use results()")
         self.wait(timeout)
         self._check()
-        return self._decode(self._async.ordered()[0])
+        record = self._async.ordered()[0]
+        if record.state == JobState.SKIPPED.value:
+            raise JobSkipped(self.name, self._failure(record))
+        return self._decode(record)
 
     @property
     def failures(self) -> list[JobFailure]:

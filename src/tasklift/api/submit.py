@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -15,8 +16,8 @@ from tasklift.api.joblist import EAGER_UP_TO, JobList, LazyCalls
 from tasklift.api.results import Work, WorkRef
 from tasklift.backends.registry import register_backend
 from tasklift.engine.specs import WorkSpec
-from tasklift.errors import SerializationError, SubmissionError
-from tasklift.keys import canonical_json
+from tasklift.errors import SerializationError, SubmissionError, short_repr
+from tasklift.keys import canonical_json, memo_key
 from tasklift.serializers import get_serializer
 
 if TYPE_CHECKING:
@@ -257,6 +258,31 @@ def _when(
     return cloudpickle.dumps(when), first.arg
 
 
+def _check_signature(fn: WorkFunction, calls: Sequence[tuple[list[Any], dict[str, Any]]]) -> None:
+    """Refuse a call that the function cannot take (a job would fail the same way on every
+    retry): each distinct shape of call (how many positional, which keywords) is bound once."""
+    try:
+        signature = inspect.signature(fn.func)
+    except (TypeError, ValueError):  # a builtin or C function: nothing to check against
+        return
+    shapes: set[tuple[int, tuple[str, ...]]] = set()
+    for i, (args, kwargs) in enumerate(calls):
+        shape = (len(args), tuple(kwargs))
+        if shape in shapes:
+            continue
+        shapes.add(shape)
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            from_pre = sorted(set(fn.pre_kwargs) & set(str(exc).split("'")))
+            hint = f" (pre_kwargs gives {', '.join(from_pre)})" if from_pre else ""
+            call: Any = {"args": args, "kwargs": kwargs} if args else kwargs
+            raise SubmissionError(
+                f"work {fn.name!r}: job #{i} {short_repr(call)} does not fit "
+                f"{fn.name}{signature}: {exc}{hint}"
+            ) from None
+
+
 def submit_work(
     run: WorkflowRun,
     fn: WorkFunction,
@@ -280,6 +306,7 @@ def submit_work(
         if not calls:
             raise SubmissionError(f"work {fn.name!r}: group_kwargs is empty; nothing to run")
         calls, key_calls, refs = _split_refs(fn, run, calls)
+    _check_signature(fn, calls if not isinstance(calls, LazyCalls) else calls[:1])
     when_bytes, when_arg = _when(fn, when, refs)
     serializer = get_serializer(fn.serializer)
 
@@ -327,9 +354,7 @@ def submit_work(
         when=when_bytes,
         when_arg=when_arg,
     )
-    memo_key = hashlib.sha256(
-        f"{run.archive_sha}|{function}|{script}|{fn.serializer}".encode()
-    ).hexdigest()
+    memo = memo_key(run.archive_sha, function, script, fn.serializer, when=when_bytes)
     options = json.dumps(
         {
             "map_results": fn.map_results,
@@ -362,13 +387,14 @@ def submit_work(
                 show_progress=run.show_progress,
                 subscribed_before_dispatch=True,
                 workflow_id=run.workflow_id,
+                elements=group if isinstance(group, Sequence) else None,
             )
         )
 
     run.engine.submit_work(
         workflow_id=run.workflow_id,
         spec=spec,
-        memo_key=memo_key,
+        memo_key=memo,
         options=options,
         min_success=fn.min_success,
         jobs=jobs,

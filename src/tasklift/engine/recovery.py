@@ -10,7 +10,7 @@ import os
 import socket
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from tasklift.db import queries as q
 from tasklift.engine import dataflow
@@ -20,7 +20,7 @@ from tasklift.engine.specs import WorkSpec
 from tasklift.errors import BackendError, ConfigError
 from tasklift.states import JobState, WorkflowState, WorkState
 
-__all__ = ["RecoveryMixin"]
+__all__ = ["RecoveryMixin", "close_orphaned_workflows"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,23 +31,7 @@ class RecoveryMixin:
 
     def _recover_orphans(self) -> None:
         """Close workflows whose submitting process on this host died without finishing."""
-        host = socket.gethostname()
-        with self.db.begin() as conn:
-            rows = conn.execute(
-                select(q.workflows.c.id, q.workflows.c.client_pid).where(
-                    q.workflows.c.status == WorkflowState.RUNNING.value,
-                    q.workflows.c.client_host == host,
-                )
-            ).all()
-            for workflow_id, pid in rows:
-                if pid is None or _pid_alive(int(pid)):
-                    continue  # created through the service, or its process still runs
-                message = f"the submitting process (pid {pid}) exited before the workflow ended"
-                for work_id in q.running_work_ids(conn, workflow_id):
-                    q.cancel_open_jobs(conn, work_id, message)
-                    q.set_work_status(conn, work_id, WorkState.CANCELLED.value, finished=True)
-                q.finish_workflow(conn, workflow_id, WorkflowState.FAILED.value, None, message)
-                logger.info("workflow %d marked failed: %s", workflow_id, message)
+        close_orphaned_workflows(self.db)
 
     def _resume_running_works(self) -> None:
         """Queue again the unfinished jobs of running works (a restarted server)."""
@@ -212,6 +196,41 @@ class RecoveryMixin:
         )
         live.has_refs = bool(upstream)
         return live
+
+
+def close_orphaned_workflows(db: Engine) -> list[int]:
+    """Close the running workflows whose submitting process on this host is gone.
+
+    Their open jobs become ``cancelled`` (counted as cancelled), their running works and the
+    workflow itself ``cancelled``, with the reason as the workflow's error: states and counts
+    agree. Called when an engine starts and by ``tasklift ls``/``show`` on a local database.
+
+    Returns:
+        The ids of the workflows closed.
+    """
+    host = socket.gethostname()
+    closed = []
+    with db.begin() as conn:
+        rows = conn.execute(
+            select(q.workflows.c.id, q.workflows.c.client_pid).where(
+                q.workflows.c.status == WorkflowState.RUNNING.value,
+                q.workflows.c.client_host == host,
+            )
+        ).all()
+        for workflow_id, pid in rows:
+            if pid is None or _pid_alive(int(pid)):
+                continue  # created through the service, or its process still runs
+            message = (
+                f"the submitting process (pid {pid}) exited before the workflow ended; "
+                "its open jobs were cancelled"
+            )
+            for work_id in q.running_work_ids(conn, workflow_id):
+                q.cancel_open_jobs(conn, work_id, message)
+                q.set_work_status(conn, work_id, WorkState.CANCELLED.value, finished=True)
+            q.finish_workflow(conn, workflow_id, WorkflowState.CANCELLED.value, None, message)
+            logger.info("workflow %d cancelled: %s", workflow_id, message)
+            closed.append(int(workflow_id))
+    return closed
 
 
 def _pid_alive(pid: int) -> bool:
