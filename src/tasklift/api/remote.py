@@ -19,17 +19,23 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import orjson
 
+from tasklift.api.answers import (
+    Outage,
+    describe_failure,
+    error_detail,
+    mask_service_url,
+    mask_token,
+    raise_for_status,
+)
 from tasklift.archive import PackedArchive
 from tasklift.bus.base import Bus, Callback, Subscription
 from tasklift.engine.specs import ResultRecord, WorkSpec
 from tasklift.errors import (
-    AuthenticationError,
     ConflictError,
     NotFoundError,
-    PermissionDeniedError,
     ServiceError,
-    SubmissionError,
     TaskliftError,
+    WorkflowFailedError,
 )
 from tasklift.states import WorkflowState
 
@@ -39,39 +45,18 @@ if TYPE_CHECKING:
     from tasklift.engine.core import WorkRecord
     from tasklift.settings import Settings
 
-__all__ = ["HttpService", "mask_token"]
+__all__ = ["HttpService", "mask_service_url", "mask_token"]
 
 logger = logging.getLogger(__name__)
 
 LONG_POLL = 20.0
 NDJSON = "application/x-ndjson"
 RETRY_SECONDS = 120.0
-"""How long reads keep retrying while the server is away (a restart)."""
-_ERRORS: dict[int, type[TaskliftError]] = {
-    401: AuthenticationError,
-    403: PermissionDeniedError,
-    404: NotFoundError,
-    409: ConflictError,
-    413: SubmissionError,
-    422: SubmissionError,
-}
-
-
-def mask_token(token: str) -> str:
-    """A token shortened for messages: never the secret part."""
-    return token[:6] + "…" if token else ""
-
-
-def _raise_for_status(method: str, path: str, response: httpx.Response) -> None:
-    """Raise the tasklift error that matches a failure status (the body must be read)."""
-    if response.status_code < 400:
-        return
-    try:
-        detail = response.json().get("detail")
-    except ValueError:
-        detail = response.text[:500]
-    cls = _ERRORS.get(response.status_code, ServiceError)
-    raise cls(f"{method} {path}: {response.status_code} {detail}")
+"""How long requests keep retrying while the server (or its database) is away."""
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+"""Requests sent again after any connection error or 502/503/504. Others (POST) only when
+they surely did nothing: the connection was never made, or the server said 503 with
+``Retry-After`` (its database did not answer, so nothing was stored)."""
 
 
 def _record(item: dict[str, Any]) -> ResultRecord:
@@ -242,6 +227,12 @@ class HttpService:
     def __init__(self, url: str, token: str | None, settings: Settings) -> None:
         self.url = url.rstrip("/")
         self.settings = settings
+        self.retry_seconds = RETRY_SECONDS
+        """How long a request is retried while the server or its database is away."""
+        self._shown_url = mask_service_url(self.url)
+        self._outage = Outage(self._shown_url)
+        self._reached = False  # a first request that cannot connect fails at once
+        self._child_tokens: dict[int, str] = {}  # sub-workflows' runner tokens, by id
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         # TCP_NODELAY: httpx writes a POST's headers and body separately; with Nagle's
         # algorithm and delayed ACKs each small request would wait ~40 ms
@@ -264,30 +255,64 @@ class HttpService:
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send a request; raise the tasklift error that matches a failure status.
 
-        Reads (GET, HEAD) ride out a server restart: they are retried with backoff for up to
-        ``RETRY_SECONDS`` on connection errors and 502/503/504, then fail with ServiceError.
+        A server that is away (a restart, its database down) is waited for: see
+        :meth:`_send`.
         """
-        retry = method in ("GET", "HEAD")
-        deadline = time.monotonic() + RETRY_SECONDS
+        response = self._send(method, path, lambda: self._client.request(method, path, **kwargs))
+        raise_for_status(method, path, response)
+        return response
+
+    def _send(
+        self, method: str, path: str, attempt: Callable[[], httpx.Response]
+    ) -> httpx.Response:
+        """Run ``attempt`` until the server answers; return the answer (any status).
+
+        The first request of this client fails at once when the server cannot be reached
+        (a wrong URL, a server that is not running: the user hears it now). After that,
+        requests are retried with backoff for up to ``retry_seconds`` on connection errors
+        and 502/503/504 (see :data:`IDEMPOTENT` for POST), saying so on stderr once when
+        the retries start and once when the server answers again.
+
+        Raises:
+            ServiceError: the server could not be reached (first request), or not within
+                ``retry_seconds``.
+        """
+        deadline: float | None = None
         delay = 0.2
         while True:
             try:
-                response = self._client.request(method, path, **kwargs)
+                response = attempt()
             except httpx.TransportError as exc:
-                if not retry or time.monotonic() >= deadline:
+                cause = describe_failure(exc)
+                sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                if not self._reached or (sent and method not in IDEMPOTENT):
                     raise ServiceError(
-                        f"cannot reach the tasklift server at {self.url}: {exc}"
+                        f"cannot reach the tasklift server at {self._shown_url}: {cause}"
                     ) from exc
-                logger.warning("%s %s: %s; retrying in %.1f s", method, path, exc, delay)
             else:
-                if not (retry and response.status_code in (502, 503, 504)) or (
-                    time.monotonic() >= deadline
-                ):
-                    break
-            time.sleep(delay)
+                status = response.status_code
+                again = status in (502, 503, 504) and (
+                    method in IDEMPOTENT or (status == 503 and "retry-after" in response.headers)
+                )
+                if not again:
+                    self._reached = True
+                    self._outage.answered()
+                    return response
+                response.read()
+                response.close()
+                cause = f"{status} {error_detail(response)}"
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.retry_seconds
+                self._outage.failing(cause, self.retry_seconds)
+            elif now >= deadline:
+                raise ServiceError(
+                    f"{method} {path}: the tasklift server at {self._shown_url} did not answer "
+                    f"for {self.retry_seconds:.0f} s: {cause}"
+                )
+            logger.info("%s %s: %s; trying again in %.1f s", method, path, cause, delay)
+            time.sleep(min(delay, max(deadline - now, 0.0)))
             delay = min(delay * 2, 5.0)
-        _raise_for_status(method, path, response)
-        return response
 
     def get(self, path: str, **kwargs: Any) -> Any:
         """GET and decode JSON."""
@@ -321,20 +346,53 @@ class HttpService:
         body = {k: values.get(k) for k in keys if values.get(k) is not None}
         body["fresh"] = bool(values.get("fresh"))
         body["arguments"] = orjson.loads(arguments) if arguments else None
-        return int(self.post("/workflows", body)["id"])
+        created = self.post("/workflows", body)
+        workflow_id = int(created["id"])
+        if created.get("token"):  # a sub-workflow made by a workflow runner: its own token
+            self._child_tokens[workflow_id] = created["token"]
+        return workflow_id
+
+    def for_workflow(self, workflow_id: int) -> HttpService:
+        """The client that acts for workflow ``workflow_id``: this one, or, for a sub-workflow
+        created with a workflow runner's token, a client with the sub-workflow's own token
+        (the caller closes it)."""
+        token = self._child_tokens.pop(workflow_id, None)
+        if token is None:
+            return self
+        child = HttpService(self.url, token, self.settings)
+        child._reached = self._reached
+        return child
 
     def finish_workflow(
         self, workflow_id: int, status: WorkflowState, result: bytes | None, error: str | None
     ) -> None:
-        """Store the end of a workflow run on the server."""
-        self.post(
-            f"/workflows/{workflow_id}/finish",
-            {
-                "status": status.value,
-                "result": orjson.loads(result) if result is not None else None,
-                "error": error,
-            },
-        )
+        """Store the end of a workflow run on the server.
+
+        Raises:
+            WorkflowFailedError: the workflow was cancelled meanwhile (by whom and when).
+        """
+        try:
+            self.post(
+                f"/workflows/{workflow_id}/finish",
+                {
+                    "status": status.value,
+                    "result": orjson.loads(result) if result is not None else None,
+                    "error": error,
+                },
+            )
+        except ConflictError:  # it already ended: cancelled, or stored by an earlier try
+            row = self.get(f"/workflows/{workflow_id}")
+            if row["status"] == status.value:
+                return
+            if row["status"] == WorkflowState.CANCELLED.value:
+                when = time.strftime(
+                    "%Y-%m-%d %H:%M:%S %Z", time.localtime(row.get("finished_at") or time.time())
+                )
+                reason = row.get("error") or "cancelled"
+                raise WorkflowFailedError(
+                    workflow_id, row["status"], f"{reason} at {when}"
+                ) from None
+            raise
 
     def store_archive(self, packed: PackedArchive) -> str | None:
         """Upload the archive unless the server has this hash already."""
@@ -412,16 +470,13 @@ class HttpService:
         request = self._client.build_request(
             "POST", self._create_url, content=orjson.dumps(body), headers=self._json, timeout=600
         )
-        try:
-            response = self._client.send(request, stream=True)
-        except httpx.TransportError as exc:
-            raise ServiceError(f"cannot reach the tasklift server at {self.url}: {exc}") from exc
+        response = self._send("POST", "/works", lambda: self._client.send(request, stream=True))
         try:
             if response.status_code >= 400 or not response.headers.get(
                 "content-type", ""
             ).startswith(NDJSON):
                 response.read()  # an error, or a server that does not stream: the work alone
-                _raise_for_status("POST", "/works", response)
+                raise_for_status("POST", "/works", response)
                 response.close()
                 return response.json(), None
             lines = response.iter_lines()

@@ -18,7 +18,7 @@ import orjson
 
 from tasklift import _context
 from tasklift.api.decorators import WorkflowFunction, defining_file
-from tasklift.archive import pack_source
+from tasklift.archive import PackedArchive, pack_source, state_paths
 from tasklift.backends.command import container_init_env
 from tasklift.backends.registry import backend_choice, register_backend
 from tasklift.errors import ConfigError, SerializationError, SubmissionError
@@ -125,7 +125,13 @@ def remote_workflow_call(
     fn: Callable[..., Any], work: Any, token: str | None, root: str | None
 ) -> Callable[..., Any]:
     """Wrap a remote workflow's function so that, run by a job runner, its ``@work`` calls
-    submit works to the service with the runner's job token."""
+    submit works to the service with the runner's job token.
+
+    A ``@workflow``-decorated function runs as the workflow itself, not as a sub-workflow of
+    it (its own nested ``@workflow`` calls are the sub-workflows).
+    """
+    if isinstance(fn, WorkflowFunction):
+        fn = fn.func
 
     def call(*args: Any, **kwargs: Any) -> Any:
         from tasklift.api.remote import HttpService
@@ -187,8 +193,11 @@ def run_child(
         fresh=parent.fresh,
         arguments=arguments,
     )
+    # on a server, a workflow runner's sub-workflow is reported with a token of its own
+    for_workflow = getattr(engine, "for_workflow", None)
+    child_engine = for_workflow(workflow_id) if for_workflow is not None else engine
     child = WorkflowRun(
-        engine=engine,
+        engine=child_engine,
         workflow_id=workflow_id,
         name=name,
         source_dir=parent.source_dir,
@@ -199,7 +208,11 @@ def run_child(
         fresh=parent.fresh,
         show_progress=parent.show_progress,
     )
-    return _run_recorded(child, serializer, lambda: func(*args, **kwargs))
+    try:
+        return _run_recorded(child, serializer, lambda: func(*args, **kwargs))
+    finally:
+        if child_engine is not engine:
+            child_engine.close()
 
 
 def _run_recorded(
@@ -256,13 +269,14 @@ class WorkflowHandle:
         import time
 
         from tasklift.errors import WorkflowFailedError, WorkTimeout
+        from tasklift.serializers import decode_value
 
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.05
         while True:
             wf = self._service.get(f"/workflows/{self.workflow_id}")
             if wf["status"] == WorkflowState.FINISHED.value:
-                return wf["result"]
+                return decode_value(wf["result"])  # tuples, arrays ... as they were returned
             if wf["status"] in (WorkflowState.FAILED.value, WorkflowState.CANCELLED.value):
                 raise WorkflowFailedError(self.workflow_id, wf["status"], wf["error"] or "")
             if deadline is not None and time.monotonic() >= deadline:
@@ -366,7 +380,11 @@ class Workflow:
     def attach(
         cls, workflow_id: int, service: str | None = None, *, settings: Settings | None = None
     ) -> WorkflowHandle:
-        """A handle on an existing workflow of a service (e.g. to re-attach and wait)."""
+        """A handle on an existing workflow of a service (e.g. to re-attach and wait).
+
+        Raises:
+            NotFoundError: the service has no such workflow (or not one of yours).
+        """
         if settings is None:
             from tasklift.settings import Settings
 
@@ -374,7 +392,9 @@ class Workflow:
         url = service or settings.service
         if url == "local":
             raise ConfigError("attach needs a service URL (service='http://host:port')")
-        return WorkflowHandle(workflow_id, connect(url, settings))
+        handle = WorkflowHandle(workflow_id, connect(url, settings))
+        handle.status  # noqa: B018 - read now: an unknown id fails here, not at .result()
+        return handle
 
     def submit(self, *args: Any, **kwargs: Any) -> int:
         """Start a ``remote=True`` workflow on the service and return its id at once."""
@@ -387,9 +407,7 @@ class Workflow:
 
         service = connect(self.service, self.settings)
         source_dir = self.source_dir
-        packed = pack_source(
-            source_dir, exclude=self.exclude, max_bytes=self.settings.archive_max_bytes
-        )
+        packed = self._pack(source_dir)
         service.store_archive(packed)
         function, script = function_location(WorkFunction(self.func), source_dir)
         try:
@@ -418,6 +436,16 @@ class Workflow:
         logger.info("remote workflow %s submitted as id %d", self.name, self.workflow_id)
         return self.workflow_id
 
+    def _pack(self, source_dir: Path) -> PackedArchive:
+        """Pack ``source_dir`` under the settings' limits, leaving tasklift's own state out."""
+        return pack_source(
+            source_dir,
+            exclude=self.exclude,
+            max_bytes=self.settings.archive_max_bytes,
+            max_files=self.settings.archive_max_files,
+            skip=state_paths(self.settings),
+        )
+
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Run the workflow function and return its return value (stored too).
 
@@ -435,10 +463,15 @@ class Workflow:
         if self._backend_object is not None:
             register_backend(engine, self.backend, self._backend_object)
         source_dir = self.source_dir
-        packed = pack_source(
-            source_dir, exclude=self.exclude, max_bytes=self.settings.archive_max_bytes
-        )
+        packed = self._pack(source_dir)
         archive_file = engine.store_archive(packed)
+        function = f"{self.func.__module__}:{self.func.__qualname__}"
+        if not self.fresh:
+            from tasklift.api.reuse_hint import warn_if_nothing_reusable
+
+            warn_if_nothing_reusable(
+                engine, function=function, source_dir=str(source_dir), archive_sha=packed.sha256
+            )
         serializer = get_serializer("json")
         try:
             arguments = serializer.dumps({"args": list(args), "kwargs": kwargs})
@@ -446,7 +479,7 @@ class Workflow:
             arguments = None
         workflow_id = engine.create_workflow(
             name=self.name,
-            function=f"{self.func.__module__}:{self.func.__qualname__}",
+            function=function,
             source_dir=str(source_dir),
             archive_sha=packed.sha256,
             archive_size=len(packed.data),

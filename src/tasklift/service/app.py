@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 
 from tasklift.db.session import create_db_engine, mask_url, schema_is_current
 from tasklift.errors import (
@@ -20,6 +20,7 @@ from tasklift.errors import (
     AuthenticationError,
     ConfigError,
     ConflictError,
+    DatabaseUnavailable,
     NotFoundError,
     PermissionDeniedError,
     SerializationError,
@@ -43,7 +44,10 @@ _STATUS: list[tuple[type[TaskliftError], int]] = [
     (SerializationError, 422),
     (ArchiveError, 422),
     (ConfigError, 400),
+    (DatabaseUnavailable, 503),
 ]
+RETRY_AFTER = 2
+"""Seconds a client is told to wait (``Retry-After``) while the database does not answer."""
 
 
 class SchemaOutOfDateError(ConfigError):
@@ -64,22 +68,48 @@ def check_schema(settings: Settings) -> None:
         )
 
 
-def _error_response(exc: TaskliftError) -> JSONResponse:
+def _challenge(status: int, reason: str, credentials: bool) -> str:
+    """The ``WWW-Authenticate`` value of a 401/403 (RFC 6750): it carries the reason, so that
+    answers without a body (HEAD) still say why; a request without credentials gets the bare
+    challenge."""
+    if not credentials:
+        return "Bearer"
+    error = "invalid_token" if status == 401 else "insufficient_scope"
+    # a quoted-string in a latin-1 header: no quotes, backslashes, controls or other scripts
+    safe = "".join(
+        c if c.isprintable() and c not in '"\\' and ord(c) < 256 else "?" for c in reason
+    )
+    return f'Bearer error="{error}", error_description="{safe[:500]}"'
+
+
+def _error_response(exc: TaskliftError, credentials: bool = True) -> JSONResponse:
     status = 500
     for cls, code in _STATUS:
         if isinstance(exc, cls):
             status = code
             break
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers: dict[str, str] | None = None
+    if status in (401, 403):
+        headers = {"WWW-Authenticate": _challenge(status, str(exc), credentials)}
+    elif status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER)}
     return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status, headers=headers)
 
 
+def _database_down(exc: DBAPIError) -> bool:
+    """True for the errors of a database that does not answer (as opposed to a bad query)."""
+    return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Map tasklift errors, unstorable values and invalid requests to JSON error answers."""
+    """Map tasklift errors, unstorable values and invalid requests to JSON error answers.
+
+    A database that does not answer is a 503 with ``Retry-After``: clients wait and try again.
+    """
 
     @app.exception_handler(TaskliftError)
-    async def _tasklift_error(_request: Request, exc: TaskliftError) -> JSONResponse:
-        return _error_response(exc)
+    async def _tasklift_error(request: Request, exc: TaskliftError) -> JSONResponse:
+        return _error_response(exc, credentials="authorization" in request.headers)
 
     @app.exception_handler(DataError)
     async def _data_error(_request: Request, exc: DataError) -> JSONResponse:
@@ -88,6 +118,20 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             {"detail": f"a value cannot be stored: {exc.orig}", "error": "DataError"}, 422
         )
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if not _database_down(exc):
+            logger.error(
+                "%s %s failed on the database", request.method, request.url.path, exc_info=exc
+            )
+            return JSONResponse(
+                {"detail": "internal error on the database", "error": "DatabaseError"}, 500
+            )
+        logger.warning(
+            "%s %s: the database does not answer: %s", request.method, request.url.path, exc.orig
+        )
+        return _error_response(DatabaseUnavailable("the database does not answer; try again"))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -100,6 +144,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def create_app(settings: Settings, *, start_engine: bool = True) -> FastAPI:
     """Build the app; the engine starts with the app's lifespan."""
+    from tasklift.backends.base import Backend
+    from tasklift.backends.registry import backend_from_settings
     from tasklift.engine.core import Engine
     from tasklift.service import web
     from tasklift.service.access import WorkflowFacts
@@ -108,11 +154,24 @@ def create_app(settings: Settings, *, start_engine: bool = True) -> FastAPI:
     from tasklift.service.limits import BodyLimit
     from tasklift.service.metrics import ServiceMetrics
     from tasklift.service.routes import archives, jobs, system, workflows, works
+    from tasklift.service.runners import runner_isolation
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         check_schema(settings)
-        engine = Engine(settings, auto_upgrade=False, resume=start_engine, defer_start=True)
+        # jobs of many users never run as the server, nor share a process (service/runners.py)
+        isolation = runner_isolation(settings, lambda: engine.db)
+
+        def backends(name: str) -> Backend:
+            return backend_from_settings(name, settings, isolation=isolation)
+
+        engine = Engine(
+            settings,
+            auto_upgrade=False,
+            resume=start_engine,
+            defer_start=True,
+            backend_factory=backends,
+        )
         app.state.engine = engine
         app.state.workflow_facts = WorkflowFacts(engine)
         auth = Authenticator(db=engine.db, settings=settings)

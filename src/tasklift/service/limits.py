@@ -31,19 +31,29 @@ class BodyLimit:
                 await self._refuse(send)
                 return
         seen = 0
+        too_large = False
         started = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, too_large
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    too_large = True
                     raise _TooLarge
             return message
 
         async def tracking_send(message: Message) -> None:
+            # a chunked body (no Content-Length) is only found too large while the app reads
+            # it, and the app may catch the error and answer it (FastAPI: 400 "error parsing
+            # the body"): that answer is replaced by the 413
             nonlocal started
+            if too_large:
+                if not started:
+                    started = True
+                    await self._refuse(send)
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
@@ -52,6 +62,7 @@ class BodyLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
+                started = True
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 __all__ = [
     "DagPublic",
@@ -28,10 +29,41 @@ __all__ = [
 ]
 
 SHA256 = r"^[0-9a-f]{64}$"
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
+"""The integers JSON values are stored with (orjson): larger ones are refused, not rounded."""
+
+
+def _storable_json(value: Any) -> Any:
+    """Refuse what stored JSON cannot hold exactly: NaN/Infinity and integers beyond 64 bits."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bool) or item is None or isinstance(item, str):
+            continue
+        if isinstance(item, int):
+            if not INT_MIN <= item <= INT_MAX:
+                digits = str(abs(item))
+                raise ValueError(
+                    f"integer {digits[:12]}... ({len(digits)} digits) does not fit in the 64 "
+                    "bits JSON numbers are stored with; pass it as a string"
+                )
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError(f"{item} is not a JSON number (JSON has no NaN or Infinity)")
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return value
+
+
+JsonValue = Annotated[Any, AfterValidator(_storable_json)]
+"""Any JSON value the server stores as it came (checked by :func:`_storable_json`)."""
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # JSON has no NaN or Infinity (Python's parser accepts them): refused in float fields too
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class WorkflowCreate(_Body):
@@ -45,7 +77,7 @@ class WorkflowCreate(_Body):
     init_env: str | None = Field(default=None, max_length=4096)
     backend: str = Field(default="local", min_length=1, max_length=200)
     fresh: bool = False
-    arguments: Any = None
+    arguments: JsonValue = None
     parent_id: int | None = Field(default=None, ge=1, le=2_147_483_647)
     """The workflow this one runs inside (a sub-workflow)."""
     remote: bool = False
@@ -58,7 +90,7 @@ class WorkflowFinish(_Body):
     """The end of a workflow run, reported by whoever ran its function."""
 
     status: Literal["finished", "failed"]
-    result: Any = None
+    result: JsonValue = None
     error: str | None = Field(default=None, max_length=1_000_000)
 
 
@@ -80,11 +112,16 @@ class WorkflowPublic(BaseModel):
     finished_at: float | None
     error: str | None
     result: Any = None
+    arguments: Any = None
+    """The workflow function's arguments (``{"args": [...], "kwargs": {...}}``) when JSON."""
     n_works: int = 0
     n_jobs: int = 0
     n_finished: int = 0
     n_failed: int = 0
     n_cancelled: int = 0
+    token: str | None = None
+    """Only when a workflow runner's job token created this sub-workflow: the job token of the
+    sub-workflow's runner (its works and its end are reported with it)."""
 
 
 class WorkflowsPublic(BaseModel):
@@ -123,7 +160,7 @@ class WorkCreate(_Body):
     retries: int = Field(default=2, ge=0, le=100)
     init_env: str | None = Field(default=None, max_length=4096)
     backend: str | None = Field(default=None, max_length=200)
-    resources: dict[str, Any] = Field(default_factory=dict)
+    resources: dict[str, JsonValue] = Field(default_factory=dict)
     min_success: float = Field(default=1.0, ge=0.0, le=1.0)
     map_results: bool = False
     reuse: bool = True

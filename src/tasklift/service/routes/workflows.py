@@ -86,6 +86,7 @@ def workflow_public(row: dict[str, Any], totals: dict[str, Any] | None = None) -
         finished_at=row["finished_at"],
         error=row["error"],
         result=_decode(row["result"]),
+        arguments=_decode(row["arguments"]),
         **counts,
     )
 
@@ -96,12 +97,15 @@ def create_workflow(
 ) -> WorkflowPublic:
     """Register a workflow run owned by the caller (and start it here when ``remote``).
 
-    A remote workflow's job token may create sub-workflows of its own workflow only.
+    Every check comes before the workflow is stored: a refused request creates nothing. A
+    remote workflow's job token may create sub-workflows of its own workflow only; the answer
+    then carries a workflow runner token for the sub-workflow (``token``), the one its works
+    and its end are reported with.
     """
     if user.kind == "job" and (body.parent_id is None or body.parent_id != user.workflow_id):
         raise PermissionDeniedError("a job token can only create sub-workflows of its workflow")
-    if body.remote:
-        _check_remote(body, engine)
+    payload = _check_remote(body, engine) if body.remote else None
+    arguments = _dump("arguments", body.arguments)
     if body.parent_id is not None:
         with engine.db.connect() as conn:
             visible_workflow(conn, user, body.parent_id)
@@ -116,17 +120,30 @@ def create_workflow(
         init_env=body.init_env,
         backend=body.backend,
         fresh=body.fresh,
-        arguments=orjson.dumps(body.arguments),
+        arguments=arguments,
         client_host=None,
         client_pid=None,
     )
-    if body.remote:
-        _start_remote(body, workflow_id, engine, str(request.base_url).rstrip("/"))
-    with engine.db.connect() as conn:
-        return workflow_public(visible_workflow(conn, user, workflow_id))
+    if payload is not None:
+        try:
+            _start_remote(body, payload, workflow_id, engine, str(request.base_url).rstrip("/"))
+        except BaseException as exc:  # never leave a workflow running that nothing runs
+            engine.finish_workflow(
+                workflow_id, WorkflowState.FAILED, None, f"could not start the workflow: {exc}"
+            )
+            raise
+    with engine.db.connect() as conn:  # just created for this caller: no scope check to pass
+        row = conn.execute(select(q.workflows).where(q.workflows.c.id == workflow_id))
+        public = workflow_public(dict(row.mappings().one()))
+    if user.kind == "job":
+        public.token = request.app.state.auth.issue_job_token(
+            user=user.user, workflow_id=workflow_id, holder=user.holder
+        )
+    return public
 
 
-def _check_remote(body: WorkflowCreate, engine: Any) -> None:
+def _check_remote(body: WorkflowCreate, engine: Any) -> bytes:
+    """Check a remote workflow's request; return its job's payload."""
     if body.archive_sha is None:
         raise SubmissionError("a remote workflow needs its archive (archive_sha)")
     if not Path(engine.archive_file(body.archive_sha)).exists():
@@ -136,14 +153,13 @@ def _check_remote(body: WorkflowCreate, engine: Any) -> None:
     args = body.arguments if isinstance(body.arguments, dict) else {}
     if set(args) - {"args", "kwargs"}:
         raise SubmissionError("remote workflow arguments are {'args': [...], 'kwargs': {...}}")
+    return _dump("arguments", {"args": args.get("args") or [], "kwargs": args.get("kwargs") or {}})
 
 
-def _start_remote(body: WorkflowCreate, workflow_id: IdPath, engine: Any, url: str) -> None:
+def _start_remote(
+    body: WorkflowCreate, payload: bytes, workflow_id: IdPath, engine: Any, url: str
+) -> None:
     """Queue the one job that runs the workflow function (its works come back via the API)."""
-    call = body.arguments if isinstance(body.arguments, dict) else {}
-    payload = _dump(
-        "arguments", {"args": call.get("args") or [], "kwargs": call.get("kwargs") or {}}
-    )
     sha = body.archive_sha
     assert sha is not None
     spec = WorkSpec(
@@ -299,7 +315,9 @@ def cancel_workflow(workflow_id: IdPath, engine: EngineDep, user: UserDep) -> Wo
     for work_id in running:
         engine.cancel_work(int(work_id))
     if row["status"] not in {s.value for s in WORKFLOW_TERMINAL}:
-        engine.finish_workflow(workflow_id, WorkflowState.CANCELLED, None, "cancelled by the user")
+        engine.finish_workflow(
+            workflow_id, WorkflowState.CANCELLED, None, f"cancelled by {user.user}"
+        )
     return get_workflow(workflow_id, engine, user)
 
 

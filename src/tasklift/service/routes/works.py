@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Annotated, Any
@@ -22,6 +21,7 @@ from tasklift.db import queries as q
 from tasklift.engine.dataflow import Ref
 from tasklift.engine.specs import WorkSpec
 from tasklift.errors import SubmissionError
+from tasklift.keys import memo_key as memo_key_of
 from tasklift.service.access import WorkflowFacts, check_workflow_access, visible_work
 from tasklift.service.deps import MAX_ID, EngineDep, FactsDep, IdPath, PrincipalDep
 from tasklift.service.principal import Principal
@@ -166,9 +166,9 @@ def _create(
         when_arg=body.when_arg,
     )
     # memo reuse never crosses users: the owner is part of the key
-    memo_key = hashlib.sha256(
-        f"{workflow['owner']}|{sha}|{body.function}|{body.script}|{body.serializer}".encode()
-    ).hexdigest()
+    memo_key = memo_key_of(
+        workflow["owner"], sha, body.function, body.script, body.serializer, when=when
+    )
     options = json.dumps(
         {
             "map_results": body.map_results,
