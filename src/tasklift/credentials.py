@@ -29,9 +29,12 @@ class Credentials:
 
 
 def credentials_path() -> Path:
-    """The credentials file (``TASKLIFT_CONFIG_DIR`` or the platform config dir)."""
-    base = os.environ.get("TASKLIFT_CONFIG_DIR") or platformdirs.user_config_dir(
-        "tasklift", appauthor=False
+    """The credentials file: in ``TASKLIFT_CONFIG_DIR``, else in ``TASKLIFT_HOME`` when that is
+    set (a private tasklift home keeps its own login), else in the platform config dir."""
+    base = (
+        os.environ.get("TASKLIFT_CONFIG_DIR")
+        or os.environ.get("TASKLIFT_HOME")
+        or platformdirs.user_config_dir("tasklift", appauthor=False)
     )
     return Path(base) / "credentials.json"
 

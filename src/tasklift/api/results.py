@@ -557,6 +557,9 @@ class Work:
 
     def _failure(self, record: ResultRecord) -> JobFailure:
         args, kwargs = self.calls[record.idx]
+        # a data-flow input is stored as a marker: say what it stands for
+        args = [_readable_input(a) for a in args]
+        kwargs = {name: _readable_input(value) for name, value in kwargs.items()}
         return JobFailure(
             key=self.keys[record.idx],
             kwargs=kwargs if not args else {"args": args, "kwargs": kwargs},
@@ -571,3 +574,10 @@ class Work:
     def close(self) -> None:
         """Stop listening for results."""
         self._async.close()
+
+
+def _readable_input(value: Any) -> Any:
+    """A data-flow input marker (``{"__tasklift_ref__": True}``) as ``"<from upstream>"``."""
+    if isinstance(value, dict) and set(value) == {"__tasklift_ref__"}:
+        return "<from upstream>"
+    return value

@@ -12,8 +12,10 @@ from contextlib import contextmanager
 import click
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
-from tasklift.cli.root import cli
+from tasklift.cli.localdb import database_error
+from tasklift.cli.root import cli, db_option
 from tasklift.db.session import create_db_engine, mask_url, schema_is_current
 from tasklift.errors import ConfigError, NotFoundError
 from tasklift.service.auth import TOKEN_CACHE_TTL, Authenticator
@@ -35,7 +37,10 @@ def _authenticator(settings: Settings) -> Iterator[Authenticator]:
     """Open the database (which must be at the current schema) and yield an authenticator."""
     engine = create_db_engine(settings.database_url)
     try:
-        ok, current, head = schema_is_current(engine)
+        try:
+            ok, current, head = schema_is_current(engine)
+        except SQLAlchemyError as exc:
+            raise click.ClickException(database_error(exc, settings.database_url)) from None
         if not ok:
             raise click.ClickException(
                 f"database {mask_url(settings.database_url)} is at schema revision {current}, "
@@ -66,6 +71,7 @@ def token_group() -> None:
 )
 @click.option("--name", default=None, help="A label, e.g. where the token is used.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@db_option
 @click.pass_obj
 def create_command(
     settings: Settings, user: str, admin: bool, expires_days: float, name: str | None, as_json: bool
@@ -92,6 +98,7 @@ def create_command(
 @token_group.command("list")
 @click.option("--user", default=None, help="Only this user's tokens.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@db_option
 @click.pass_obj
 def list_command(settings: Settings, user: str | None, as_json: bool) -> None:
     """List API tokens (never their secrets) with their status."""
@@ -120,6 +127,7 @@ def list_command(settings: Settings, user: str | None, as_json: bool) -> None:
 
 @token_group.command("revoke")
 @click.argument("token_id", type=int)
+@db_option
 @click.pass_obj
 def revoke_command(settings: Settings, token_id: int) -> None:
     """Revoke the API token TOKEN_ID.
