@@ -15,6 +15,7 @@ otherwise; the bus URL goes to the server through its environment, never its com
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -25,6 +26,8 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -127,33 +130,59 @@ def _stomp_url(bus: str) -> str:
     return f"stomp://{user}:{password}@{host}/bench{uuid.uuid4().hex[:8]}"
 
 
-def run_once(args: argparse.Namespace) -> dict[str, Any]:
-    """Scratch database, server, one workflow of measurements, clean-up."""
+@dataclass
+class ScratchServer:
+    """A running ``tasklift server`` on a scratch database (see :func:`scratch_server`)."""
+
+    url: str
+    db_url: str
+    pid: int
+    token: str
+    tmp: Path
+    postgresql: bool
+
+
+@contextlib.contextmanager
+def scratch_server(
+    db: str = PG_ADMIN,
+    bus: str = "stomp://127.0.0.1:61613",
+    server_module: str = "tasklift.cli",
+    workers: int = 2,
+) -> Iterator[ScratchServer]:
+    """A scratch database next to ``db`` (migrated, dropped afterwards) and a server on it.
+
+    The server runs with ``workers`` local workers on a free port; the bus URL goes to it
+    through its environment. Yields once ``/health`` answers (60 s at most).
+    """
     tmp = Path(tempfile.mkdtemp(prefix="tasklift-bench-service-"))
     admin = None
-    if args.db.startswith("postgresql"):
+    if db.startswith("postgresql"):
         name = f"tasklift_bench_{uuid.uuid4().hex[:8]}"
-        admin = sa.create_engine(args.db, isolation_level="AUTOCOMMIT")
+        admin = sa.create_engine(db, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        db_url = args.db.rsplit("/", 1)[0] + f"/{name}"
+        db_url = db.rsplit("/", 1)[0] + f"/{name}"
     else:
-        db_url, name = args.db, ""
-    engine = create_db_engine(db_url)
-    upgrade(engine)
-    settings = Settings(home=tmp / "server", db_url=db_url)
-    token = Authenticator(db=engine, settings=settings).create_token(user="bench")[1]
-    engine.dispose()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = dict(os.environ, TASKLIFT_HOME=str(tmp / "server"), TASKLIFT_WORKERS="2",
-               TASKLIFT_BUS=_stomp_url(args.bus))
-    server = subprocess.Popen([sys.executable, "-m", args.server_module, "server", "--db", db_url,
-                               "--port", str(port), "--log-level", "warning"], env=env)
-    print(f"server pid {server.pid}", file=sys.stderr, flush=True)
-    url = f"http://127.0.0.1:{port}"
+        db_url, name = db, ""
+    server = None
     try:
+        engine = create_db_engine(db_url)
+        upgrade(engine)
+        settings = Settings(home=tmp / "server", db_url=db_url)
+        token = Authenticator(db=engine, settings=settings).create_token(user="bench")[1]
+        engine.dispose()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = dict(os.environ, TASKLIFT_HOME=str(tmp / "server"), TASKLIFT_WORKERS=str(workers),
+                   TASKLIFT_BUS=_stomp_url(bus))  # fmt: skip
+        cmd = [sys.executable, "-m", server_module, "server", "--db", db_url,
+               "--port", str(port), "--log-level", "warning",
+               "--no-runner-isolation"]  # fmt: skip
+        # --no-runner-isolation: a server only the bench uses (which may run as root)
+        server = subprocess.Popen(cmd, env=env)
+        print(f"server pid {server.pid}", file=sys.stderr, flush=True)
+        url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -161,21 +190,31 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
                     break
             except httpx.TransportError:
                 pass
+            if server.poll() is not None:
+                raise RuntimeError(f"the server exited with code {server.returncode}")
             if time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
+                raise RuntimeError("server did not start within 60 s")
             time.sleep(0.1)
-        client = Settings(home=tmp / "client", token=token, quiet=True)
-        figures: dict[str, Any] = Workflow(
-            func=measure, service=url, settings=client, fresh=True
-        ).run(args.w1, args.w3, args.calls, args.hold, server.pid)
-        shutdown()
+        yield ScratchServer(url, db_url, server.pid, token, tmp, admin is not None)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
         if admin is not None:
             with admin.connect() as conn:
                 conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    figures["db"] = "postgresql" if admin is not None else "sqlite"
+            admin.dispose()
+
+
+def run_once(args: argparse.Namespace) -> dict[str, Any]:
+    """Scratch database, server, one workflow of measurements, clean-up."""
+    with scratch_server(args.db, args.bus, args.server_module) as srv:
+        client = Settings(home=srv.tmp / "client", token=srv.token, quiet=True)
+        figures: dict[str, Any] = Workflow(
+            func=measure, service=srv.url, settings=client, fresh=True
+        ).run(args.w1, args.w3, args.calls, args.hold, srv.pid)
+        shutdown()
+    figures["db"] = "postgresql" if srv.postgresql else "sqlite"
     figures["bus"] = "embedded" if args.bus == "embedded" else "stomp"
     return figures
 

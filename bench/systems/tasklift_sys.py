@@ -190,7 +190,8 @@ class _BenchServer:
         self._log = open(home / "server.log", "wb")  # noqa: SIM115 - kept by the server
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "tasklift.cli", "server", "--db", db_url, "--port", str(port),
-             "--bus", f"{self.STOMP}/tl-bench-{self.name[-10:]}", "--log-level", "warning"],
+             "--bus", f"{self.STOMP}/tl-bench-{self.name[-10:]}", "--log-level", "warning",
+             "--no-runner-isolation"],  # a server only the bench uses (it may run as root)
             env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + 60

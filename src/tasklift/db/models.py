@@ -144,7 +144,7 @@ class Job(Base):
 
     __table_args__ = (
         UniqueConstraint("work_id", "idx"),
-        Index("ix_jobs_work_id_state", "work_id", "state"),
+        Index("ix_jobs_work_id_state_idx", "work_id", "state", "idx"),  # pages in idx order
         Index("ix_jobs_key", "key"),
         Index("ix_jobs_work_id_done_seq", "work_id", "done_seq"),
     )

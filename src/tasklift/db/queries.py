@@ -208,19 +208,43 @@ def claim_jobs(conn: Connection, job_ids: Sequence[int], engine_id: str) -> set[
 
     Rows are locked with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite serializes writers),
     and only ``pending`` rows change, so two engines never hand out the same job.
+
+    On PostgreSQL each id is looked up on its own (a lateral subquery per id: one primary-key
+    probe each) and the state is checked on the locked rows. Given ``id IN (...) AND
+    state = 'pending'`` in one scan, the planner read every pending job of the database through
+    the state index (statistics missing or stale, as after a deep work was just stored, make
+    that index look selective), and given the ids alone it scanned the whole table when it was
+    small: either way a claim cost O(queue depth) or O(table), not O(batch) (issue 17,
+    ``bench/queue_depth.py``).
     """
     claimed: set[int] = set()
-    lock = " FOR UPDATE SKIP LOCKED" if conn.dialect.name == "postgresql" else ""
+    postgres = conn.dialect.name == "postgresql"
     for batch in chunks(list(job_ids), 1000):
-        sql = _CLAIM.format(ids=hot.placeholders(len(batch)), lock=lock)
-        params = (JobState.QUEUED.value, engine_id, *batch, JobState.PENDING.value)
+        if postgres:
+            sql = _CLAIM_PG
+            params: tuple[Any, ...] = (
+                list(batch),
+                JobState.QUEUED.value,
+                engine_id,
+                JobState.PENDING.value,
+            )
+        else:
+            sql = _CLAIM.format(ids=hot.placeholders(len(batch)))
+            params = (JobState.QUEUED.value, engine_id, *batch, JobState.PENDING.value)
         claimed.update(int(r[0]) for r in hot.execute(conn, sql, params))
     return claimed
 
 
 _CLAIM = (
-    "UPDATE jobs SET state = ?, attempts = attempts + 1, claimed_by = ? WHERE id IN "
-    "(SELECT id FROM jobs WHERE id IN ({ids}) AND state = ?{lock}) RETURNING id"
+    "UPDATE jobs SET state = ?, attempts = attempts + 1, claimed_by = ? "
+    "WHERE id IN ({ids}) AND state = ? RETURNING id"
+)
+_CLAIM_PG = (
+    "WITH locked AS MATERIALIZED (SELECT j.id, j.state FROM unnest(?::int[]) AS c(id) "
+    "CROSS JOIN LATERAL (SELECT id, state FROM jobs WHERE jobs.id = c.id "
+    "FOR UPDATE SKIP LOCKED) AS j) "
+    "UPDATE jobs SET state = ?, attempts = attempts + 1, claimed_by = ? "
+    "WHERE id IN (SELECT id FROM locked WHERE state = ?) RETURNING id"
 )
 
 

@@ -225,7 +225,11 @@ class Engine(ChunkedStoreMixin, RecoveryMixin):
         """
         # the jobs the backend has room for right now are inserted already claimed: one
         # transaction stores and claims them (data-flow jobs are claimed when their inputs are)
-        claim = 0 if refs or len(jobs) > IN_MEMORY_JOBS else min(len(jobs), self._room(spec))
+        claim = (
+            0
+            if refs or len(jobs) > IN_MEMORY_JOBS
+            else min(len(jobs), self._room(replace(spec, workflow_id=workflow_id)))
+        )
         n_jobs = len(jobs)
         streamed = not refs and n_jobs > IN_MEMORY_JOBS
         # a list: the jobs are read several times below (a lazy sequence computes each time)
