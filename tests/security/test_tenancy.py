@@ -357,3 +357,54 @@ def test_job_tokens_stay_in_scope_and_die_with_their_job(shared_server, tmp_path
 def _count_workflows(server) -> int:
     with server.client(server.token("root", admin=True)) as c:
         return int(c.get("/api/v1/workflows", params={"limit": 1}).json()["count"])
+
+
+LEFTOVER = """
+    import json, os, subprocess, sys
+    from tasklift import Workflow, work, workflow
+
+    @work
+    def visit(plant, mark):
+        found = 0
+        for pid in os.listdir("/proc"):
+            try:
+                if pid.isdigit() and mark.encode() in open(f"/proc/{pid}/cmdline", "rb").read():
+                    found += 1
+            except OSError:
+                pass
+        if plant:  # a daemon that outlives the job, as a careless (or hostile) job leaves
+            subprocess.Popen([sys.executable, "-c", f"import time; time.sleep(600)  # {mark}"],
+                             start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        return {"uid": os.getuid(), "home": os.environ["HOME"], "found": found}
+
+    @workflow
+    def go(plant, mark):
+        return visit(plant=plant, mark=mark)
+
+    if __name__ == "__main__":
+        mark = "tasklift-leftover-" + sys.argv[2]
+        print("RESULT " + json.dumps(Workflow(func=go).run(sys.argv[1] == "plant", mark)))
+"""
+
+
+def test_one_identity_serves_users_in_turn_and_nothing_of_one_reaches_the_next(
+    db_url: str, tmp_path: Path, launch_server
+) -> None:
+    single = runner_identities.next_range().split("-")[0]
+    server = launch_server(
+        db_url, tmp_path / "server-home", extra_env={"TASKLIFT_RUNNER_USER": single}
+    )
+    try:
+        alice, bob = server.token("alice"), server.token("bob")
+        mark = secrets.token_hex(4)
+        project = _project(tmp_path / "p", LEFTOVER)
+        first = _run(server, alice, project, "plant", mark)["RESULT"]
+        assert first["uid"] == int(single)
+        # bob waits for the one identity: alice's idle workers end, her lease with them
+        second = _run(server, bob, project, "look", mark)["RESULT"]
+        assert second["uid"] == int(single)
+        assert second["found"] == 0  # alice's daemon was killed with her lease
+        assert second["home"] != first["home"] and not Path(first["home"]).exists()
+    finally:
+        server.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import pwd
@@ -72,6 +73,7 @@ class Lease:
     user: str
     home: Path
     tmp: Path
+    lock_fd: int = -1
 
 
 def _one(spec: str) -> list[RunnerIdentity]:
@@ -168,43 +170,77 @@ class IdentityPool:
         self._free = list(identities)
         self._leases: dict[str, Lease] = {}
         self._lock = threading.Lock()
+        self._lease_lock = threading.Lock()  # one lease is made at a time
         self.base_dir = Path(base_dir)
         self.base_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.base_dir, 0o711)
         self.size = len(identities)
 
     def lease(self, user: str) -> Lease | None:
-        """The lease of ``user`` (a new one when it has none); ``None`` when all are taken."""
-        with self._lock:
-            lease = self._leases.get(user)
-            if lease is not None:
-                return lease
-            if not self._free:
+        """The lease of ``user`` (a new one when it has none); ``None`` when all are taken.
+
+        An identity is taken only with an exclusive ``flock`` on ``<base_dir>/<uid>.lock``,
+        held until it is recycled: another engine of this host with the same identities skips
+        it, and the processes of an identity nobody holds are leftovers of a dead engine.
+        """
+        with self._lease_lock:
+            with self._lock:
+                lease = self._leases.get(user)
+                if lease is not None:
+                    return lease
+                candidates = list(self._free)
+            for identity in candidates:
+                lock_fd = self._try_lock(identity)
+                if lock_fd is None:
+                    continue  # another engine on this host holds it
+                with self._lock:
+                    self._free.remove(identity)
+                break
+            else:
                 return None
-            identity = self._free.pop(0)
-        kill_all(identity)  # leftovers of an earlier server, if any
-        home = Path(tempfile.mkdtemp(prefix=f"u{identity.uid}-", dir=self.base_dir))
-        tmp = home / "tmp"
-        tmp.mkdir(mode=0o700)
-        for path in (home, tmp):
-            os.chown(path, identity.uid, identity.gid)
-            os.chmod(path, 0o700)
-        lease = Lease(identity=identity, user=user, home=home, tmp=tmp)
-        with self._lock:
-            self._leases[user] = lease
+            kill_all(identity)  # leftovers of a dead engine, if any
+            home = Path(tempfile.mkdtemp(prefix=f"u{identity.uid}-", dir=self.base_dir))
+            tmp = home / "tmp"
+            tmp.mkdir(mode=0o700)
+            for path in (home, tmp):
+                os.chown(path, identity.uid, identity.gid)
+                os.chmod(path, 0o700)
+            lease = Lease(identity=identity, user=user, home=home, tmp=tmp, lock_fd=lock_fd)
+            with self._lock:
+                self._leases[user] = lease
         logger.info("runner identity %s leased to user %s", identity.label, user)
         return lease
 
+    def _try_lock(self, identity: RunnerIdentity) -> int | None:
+        path = self.base_dir / f"{identity.uid}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
     def release(self, user: str) -> None:
         """End ``user``'s lease: kill every process of its identity, remove its directory."""
+        lease = self.detach(user)
+        if lease is not None:
+            self.recycle(lease)
+
+    def detach(self, user: str) -> Lease | None:
+        """Take ``user``'s lease away at once (a new lease of the user gets another
+        identity); :meth:`recycle` then cleans the identity up and frees it."""
         with self._lock:
-            lease = self._leases.pop(user, None)
-        if lease is None:
-            return
+            return self._leases.pop(user, None)
+
+    def recycle(self, lease: Lease) -> None:
+        """Kill every process of a detached lease's identity, remove its home, free it."""
+        user = lease.user
         kill_all(lease.identity)
         shutil.rmtree(lease.home, ignore_errors=True)
         if lease.home.exists():
             logger.error("could not remove %s after its lease ended", lease.home)
+        os.close(lease.lock_fd)  # another engine of this host may take it now
         with self._lock:
             self._free.append(lease.identity)
         logger.info("runner identity %s released by user %s", lease.identity.label, user)

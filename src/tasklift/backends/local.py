@@ -517,12 +517,25 @@ class LocalBackend(Backend):
             for worker in workers:
                 _close_fd(worker.write_fd)
                 _close_fd(worker.read_fd)
-            # kills whatever the workers left behind (daemons a job started, too)
-            self.isolation.identities.release(owner)
-            for worker in workers:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    worker.proc.wait(timeout=5)
-        if ending and self._waiting and self._sink is not None:
+            lease = self.isolation.identities.detach(owner)  # the owner's next work: a new one
+            threading.Thread(
+                target=self._end_lease, args=(lease, workers), name="tasklift-lease-end"
+            ).start()
+
+    def _end_lease(self, lease: Lease | None, workers: list[_Worker]) -> None:
+        """Let the workers exit, kill what they left behind (daemons a job started, too),
+        free the identity, and tell the engine a waiting user may now get it."""
+        assert self.isolation is not None
+        deadline = time.monotonic() + 2
+        for worker in workers:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        if lease is not None:
+            self.isolation.identities.recycle(lease)
+        for worker in workers:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.proc.wait(timeout=5)
+        if self._waiting and self._sink is not None and not self._closing:
             self._sink.capacity_changed()
 
     def _learn(self, work_id: int, duration: float) -> None:
