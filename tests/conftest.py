@@ -17,6 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 if runner_identities.can_switch_identity():
     runner_identities.prepare(REPO)
+    # servers of module- and session-scoped fixtures; each test sets a range of its own
+    os.environ.setdefault("TASKLIFT_RUNNER_USER", runner_identities.next_range())
+else:
+    os.environ.setdefault("TASKLIFT_ISOLATE_RUNNERS", "false")
 
 
 @pytest.fixture(autouse=True)

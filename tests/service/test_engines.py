@@ -45,6 +45,8 @@ def test_second_engine_takes_jobs_and_none_runs_twice(server, tmp_path: Path):
         (tmp_path / "p").mkdir()
         (tmp_path / "p" / "many.py").write_text(textwrap.dedent(SCRIPT))
         markers = tmp_path / "markers"
+        markers.mkdir(mode=0o1777)  # jobs of each engine run under identities of its own
+        markers.chmod(0o1777)
         proc = subprocess.run([sys.executable, str(tmp_path / "p" / "many.py"), "80",
                                str(markers)], env=server.env(token), capture_output=True,
                               text=True, timeout=180)
@@ -68,6 +70,8 @@ def test_restarted_server_finishes_a_work(server, tmp_path: Path):
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "many.py").write_text(textwrap.dedent(SCRIPT))
     markers = tmp_path / "markers"
+    markers.mkdir(mode=0o1777)  # the restarted server's jobs may run under another identity
+    markers.chmod(0o1777)
     client = subprocess.Popen([sys.executable, str(tmp_path / "p" / "many.py"), "40",
                                str(markers)], env=server.env(token), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)

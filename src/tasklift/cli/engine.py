@@ -68,7 +68,10 @@ def engine_command(
     def backends(backend_name: str) -> Backend:
         return backend_from_settings(backend_name, settings, isolation=isolation)
 
-    engine = Engine(settings, auto_upgrade=False, resume=True, backend_factory=backends)
+    engine = Engine(
+        settings, auto_upgrade=False, resume=True, defer_start=True, backend_factory=backends
+    )
+    engine.start()  # resumes works: their owners are looked up through engine.db
     engine.backend("local")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
