@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
 import json
 import logging
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -258,12 +260,29 @@ def _when(
     return cloudpickle.dumps(when), first.arg
 
 
+_SIGNATURES: weakref.WeakKeyDictionary[Any, inspect.Signature | None] = weakref.WeakKeyDictionary()
+
+
+def _signature(func: Any) -> inspect.Signature | None:
+    """``inspect.signature(func)``, computed once per function (W3 calls it per work)."""
+    try:
+        return _SIGNATURES[func]
+    except (KeyError, TypeError):
+        pass
+    try:
+        signature: inspect.Signature | None = inspect.signature(func)
+    except (TypeError, ValueError):
+        signature = None
+    with contextlib.suppress(TypeError):  # not weakly referenceable: not cached
+        _SIGNATURES[func] = signature
+    return signature
+
+
 def _check_signature(fn: WorkFunction, calls: Sequence[tuple[list[Any], dict[str, Any]]]) -> None:
     """Refuse a call that the function cannot take (a job would fail the same way on every
     retry): each distinct shape of call (how many positional, which keywords) is bound once."""
-    try:
-        signature = inspect.signature(fn.func)
-    except (TypeError, ValueError):  # a builtin or C function: nothing to check against
+    signature = _signature(fn.func)
+    if signature is None:  # a builtin or C function: nothing to check against
         return
     shapes: set[tuple[int, tuple[str, ...]]] = set()
     for i, (args, kwargs) in enumerate(calls):
