@@ -176,10 +176,11 @@ def scratch_server(
             port = sock.getsockname()[1]
         env = dict(os.environ, TASKLIFT_HOME=str(tmp / "server"), TASKLIFT_WORKERS=str(workers),
                    TASKLIFT_BUS=_stomp_url(bus))  # fmt: skip
+        # TASKLIFT_RUNNER_USER=LOW-HIGH in the environment: jobs run under runner identities,
+        # as on a shared server; else --no-runner-isolation (a server only the bench uses)
+        isolation = [] if os.environ.get("TASKLIFT_RUNNER_USER") else ["--no-runner-isolation"]
         cmd = [sys.executable, "-m", server_module, "server", "--db", db_url,
-               "--port", str(port), "--log-level", "warning",
-               "--no-runner-isolation"]  # fmt: skip
-        # --no-runner-isolation: a server only the bench uses (which may run as root)
+               "--port", str(port), "--log-level", "warning", *isolation]  # fmt: skip
         server = subprocess.Popen(cmd, env=env)
         print(f"server pid {server.pid}", file=sys.stderr, flush=True)
         url = f"http://127.0.0.1:{port}"
