@@ -18,14 +18,15 @@ from tasklift.errors import ConfigError
 __all__ = ["read_secret_file", "refuse_secrets_in_argv"]
 
 
-def _password(url: str | None) -> str | None:
+def _passwords(url: str | None) -> set[str]:
+    """The password of ``url`` as written and decoded (``%40`` and ``@``)."""
     if not url or "://" not in url:
-        return None
+        return set()
     try:
         password = urlsplit(url).password
     except ValueError:
-        return None
-    return unquote(password) if password else None
+        return set()
+    return {password, unquote(password)} if password else set()
 
 
 def refuse_secrets_in_argv(argv: list[str] | None = None, **urls: str | None) -> None:
@@ -40,8 +41,7 @@ def refuse_secrets_in_argv(argv: list[str] | None = None, **urls: str | None) ->
     """
     args = sys.argv if argv is None else argv
     for option, url in urls.items():
-        password = _password(url)
-        if password and any(password in arg for arg in args):
+        if any(p in arg for p in _passwords(url) for arg in args):
             raise ConfigError(
                 f"the --{option} URL on the command line holds a password, which every local "
                 "account (and every job) can read in /proc/PID/cmdline: put the URL in the "
