@@ -207,7 +207,9 @@ def measure_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
             finished = conn.execute(
                 sa.text("SELECT COUNT(*) FROM jobs WHERE state = 'finished'")
             ).scalar_one()
-    base = next(c for t, c in sampler.samples if t >= phase["t0"] - 1e-3)
+    # the ended jobs before the timed phase: the sample taken just before it (the first one
+    # after t0 may already count jobs of a fast phase)
+    base = max((t, c) for t, c in sampler.samples if t <= phase["t0"])[1]
     wall = phase["t1"] - phase["t0"]
     # slices start at the first sample that saw a job end: the time to the first result
     # (building, sending and storing the first chunk of the work) is reported on its own

@@ -7,6 +7,7 @@ its jobs, claim jobs, bump a work's counters, store outcomes, look up memoised j
 here as plain SQL on the DBAPI cursor of the caller's connection, inside its transaction
 (callers own it, as everywhere in :mod:`tasklift.db.queries`). The same text serves SQLite and
 PostgreSQL: ``?`` placeholders become ``%s`` for psycopg. Every other statement stays Core.
+Bulk job rows go through ``COPY ... FROM STDIN`` on PostgreSQL (:func:`copy_many`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table
 
-__all__ = ["execute", "executemany", "insert_many", "insert_row", "placeholders"]
+__all__ = ["copy_many", "execute", "executemany", "insert_many", "insert_row", "placeholders"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -56,6 +57,17 @@ def placeholders(n: int) -> str:
 
 
 @functools.lru_cache(maxsize=64)
+def _scalar_defaults(table: Table, named: frozenset[str]) -> tuple[tuple[str, Any], ...]:
+    """``(column, value)`` of the scalar Python defaults of ``table``'s columns not ``named``
+    (Core fills those in itself; plain SQL must name them)."""
+    return tuple(
+        (c.name, c.default.arg)
+        for c in table.columns
+        if c.name not in named and c.default is not None and getattr(c.default, "is_scalar", False)
+    )
+
+
+@functools.lru_cache(maxsize=64)
 def _insert_text(
     table: Table, columns: tuple[str, ...], computed: tuple[tuple[str, str], ...] = ()
 ) -> tuple[str, tuple[Any, ...]]:
@@ -63,12 +75,7 @@ def _insert_text(
     pairs, plus the scalar Python defaults of the columns not named (Core fills those in
     itself; plain SQL must name them). Returns the text and those default values, which go
     after the expressions' parameters."""
-    named = {*columns, *(c for c, _ in computed)}
-    extra = tuple(
-        (c.name, c.default.arg)
-        for c in table.columns
-        if c.name not in named and c.default is not None and getattr(c.default, "is_scalar", False)
-    )
+    extra = _scalar_defaults(table, frozenset({*columns, *(c for c, _ in computed)}))
     names = [*columns, *(c for c, _ in computed), *(c for c, _ in extra)]
     slots = ["?"] * len(columns) + [f"({sql})" for _, sql in computed] + ["?"] * len(extra)
     quoted = ", ".join(f'"{name}"' for name in names)
@@ -108,3 +115,36 @@ def insert_many(
     sql, defaults = _insert_text(table, columns)
     data = [(*row, *defaults) for row in rows] if defaults else list(rows)
     executemany(conn, sql, data)
+
+
+@functools.lru_cache(maxsize=64)
+def _copy_text(table: Table, columns: tuple[str, ...]) -> tuple[str, tuple[Any, ...]]:
+    """COPY text for ``columns`` plus the scalar Python defaults of the columns not named
+    (their values go after each row's)."""
+    extra = _scalar_defaults(table, frozenset(columns))
+    quoted = ", ".join(f'"{name}"' for name in (*columns, *(c for c, _ in extra)))
+    return f"COPY {table.name} ({quoted}) FROM STDIN", tuple(value for _, value in extra)
+
+
+def copy_many(
+    conn: Connection, table: Table, columns: tuple[str, ...], rows: Iterable[Sequence[Any]]
+) -> None:
+    """Insert rows given as tuples in ``columns`` order, in the caller's transaction: one
+    ``COPY ... FROM STDIN`` on PostgreSQL (about a fifth of executemany's CPU per row in this
+    process, and less for PostgreSQL, which parses one stream instead of a statement per
+    row), :func:`insert_many` elsewhere (SQLite)."""
+    if conn.dialect.name != "postgresql":
+        insert_many(conn, table, columns, rows)
+        return
+    sql, defaults = _copy_text(table, columns)
+    cursor = conn.connection.cursor()
+    try:
+        with cursor.copy(sql) as copy:
+            if defaults:
+                for row in rows:
+                    copy.write_row((*row, *defaults))
+            else:
+                for row in rows:
+                    copy.write_row(row)
+    finally:
+        cursor.close()

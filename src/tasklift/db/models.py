@@ -103,6 +103,9 @@ class Work(Base):
     """``when=`` predicate (cloudpickle), evaluated by the job runner on the upstream result."""
     last_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """The highest ``done_seq`` given to a job of this work (only ever grows)."""
+    storing_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """The engine storing the rest of a large work's jobs (``NULL`` once all are stored, or
+    stored in one transaction): that engine, restarted, ends the work it could not finish."""
     created_at: Mapped[float] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 

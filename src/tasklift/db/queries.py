@@ -143,8 +143,12 @@ def insert_jobs(
     if len(rows) == 1:
         row = dict(zip(_JOB_COLUMNS, values(first, rows)[0], strict=True))
         return [hot.insert_row(conn, jobs, row)]
-    for start in range(0, len(rows), 5000):
-        hot.insert_many(conn, jobs, _JOB_COLUMNS, values(first + start, rows[start : start + 5000]))
+    if conn.dialect.name == "postgresql":  # one COPY stream: no statement per row
+        hot.copy_many(conn, jobs, _JOB_COLUMNS, values(first, rows))
+    else:
+        for start in range(0, len(rows), 5000):
+            chunk = values(first + start, rows[start : start + 5000])
+            hot.insert_many(conn, jobs, _JOB_COLUMNS, chunk)
     return [r[0] for r in hot.execute(conn, _JOB_IDS, (work_id, first, first + len(rows)))]
 
 
@@ -421,6 +425,27 @@ def set_work_status(conn: Connection, work_id: int, status: str, finished: bool)
 
 _SET_STATUS = update(works).where(works.c.id == bindparam("w")).values(status=bindparam("s"))
 _SET_STATUS_ENDED = _SET_STATUS.values(finished_at=bindparam("t"))
+
+
+def set_storing_by(conn: Connection, work_id: int, engine_id: str | None) -> None:
+    """Set (or clear, ``None``) the engine storing the rest of a large work's jobs."""
+    conn.execute(update(works).where(works.c.id == work_id).values(storing_by=engine_id))
+
+
+def store_unstored_jobs(conn: Connection, work_id: int, n_jobs: int) -> int:
+    """Give a work whose store was interrupted placeholder rows for its missing jobs (indexes
+    after the stored ones, no payload), ``pending`` until the caller cancels them in the same
+    transaction: every job of the work then exists and ends, so its readers see it end.
+    Return how many jobs were stored before."""
+    stored = int(
+        conn.execute(
+            select(func.count()).select_from(jobs).where(jobs.c.work_id == work_id)
+        ).scalar_one()
+    )
+    missing = [(f"unstored-{idx}", b"") for idx in range(stored, n_jobs)]
+    if missing:
+        insert_jobs(conn, work_id, missing, first=stored)
+    return stored
 
 
 def cancel_open_jobs(conn: Connection, work_id: int, message: str) -> list[ResultRecord]:

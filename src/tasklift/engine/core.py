@@ -344,6 +344,8 @@ class Engine(ChunkedStoreMixin, RecoveryMixin):
                 options=options,
                 n_jobs=len(jobs) if n_jobs is None else n_jobs,
                 when_predicate=spec.when,
+                # the rest is stored by this engine's store thread (cleared with the last chunk)
+                storing_by=self.engine_id if n_jobs is not None and n_jobs > len(jobs) else None,
             )
             job_ids = q.insert_jobs(
                 conn, work_id, jobs, claim=claim, skip=hits, engine_id=self.engine_id

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from tasklift.bus.base import work_destination
 from tasklift.db import queries as q
 from tasklift.engine import dataflow
 from tasklift.engine.live import LiveWork
@@ -34,14 +35,21 @@ class RecoveryMixin:
         close_orphaned_workflows(self.db)
 
     def _resume_running_works(self) -> None:
-        """Queue again the unfinished jobs of running works (a restarted server)."""
+        """Queue again the unfinished jobs of running works (a restarted server); end those
+        whose jobs this engine was still storing when it stopped (the rest never exists)."""
         active = [JobState.QUEUED.value, JobState.RUNNING.value]
         with self.db.begin() as conn:
-            rows = (
+            running = (
                 conn.execute(select(q.works).where(q.works.c.status == WorkState.RUNNING.value))
                 .mappings()
                 .all()
             )
+        interrupted = [r for r in running if r["storing_by"] == self.engine_id]
+        for row in interrupted:
+            self._end_interrupted_store(dict(row))
+        # works other engines are storing are theirs: they run as any other
+        rows = [r for r in running if r["storing_by"] != self.engine_id]
+        with self.db.begin() as conn:
             adopted: dict[int, list[Any]] = {}
             for row in rows:
                 mine = (
@@ -80,6 +88,34 @@ class RecoveryMixin:
         if rows:
             with self._lock:
                 self._dispatch()
+
+    def _end_interrupted_store(self, row: dict[str, Any]) -> None:
+        """Cancel a work whose jobs this engine was storing when it stopped: its missing jobs
+        get placeholder rows, cancelled with its open ones in one transaction, so every job
+        of the work ends and its readers (counting ``n_jobs`` results) see it end."""
+        work_id, n_jobs = int(row["id"]), int(row["n_jobs"])
+        with self._lock:
+            live = self._live_from_row(row)  # notes whether other works take its results
+            with self.db.begin() as conn:
+                stored = q.store_unstored_jobs(conn, work_id, n_jobs)
+                message = (
+                    f"the engine stopped while storing this work's jobs ({stored} of {n_jobs} "
+                    "stored): run the workflow again; its finished jobs are reused"
+                )
+                cancelled = q.cancel_open_jobs(conn, work_id, message)
+                cascaded: list[tuple[int, Any]] = []
+                if cancelled and work_id in self._upstream_works:
+                    cascaded, _ = dataflow.cascade(
+                        conn,
+                        {r.job_id: (JobState.CANCELLED.value, message) for r in cancelled},
+                    )
+                q.set_work_status(conn, work_id, WorkState.CANCELLED.value, finished=True)
+                q.set_storing_by(conn, work_id, None)
+            self._store_errors[work_id] = message
+        logger.warning("work %s (id %d) cancelled: %s", live.spec.name, work_id, message)
+        self._announce(work_destination(work_id), cancelled)
+        for other, record in cascaded:
+            self._announce(work_destination(other), [record])
 
     def _runners_outlive_engine(self, row: Any) -> bool:
         """True when the work's backend runs jobs that survive this engine (e.g. Slurm)."""
