@@ -177,7 +177,17 @@ class Engine(ChunkedStoreMixin, RecoveryMixin):
     def finish_workflow(
         self, workflow_id: int, status: WorkflowState, result: bytes | None, error: str | None
     ) -> None:
-        """Store the end of a workflow run."""
+        """Store the end of a workflow run.
+
+        A workflow that failed or was cancelled (its function raised, Ctrl-C included) leaves
+        nothing running: its running works are cancelled first, their open jobs too.
+        """
+        if status in (WorkflowState.FAILED, WorkflowState.CANCELLED):
+            with self.db.connect() as conn:
+                running = q.running_work_ids(conn, workflow_id)
+            reason = (error or "").strip().splitlines()[-1:] or [status.value]
+            for work_id in running:
+                self.cancel_work(work_id, f"its workflow {status.value}: {reason[0][:300]}")
         with self.db.begin() as conn:
             q.finish_workflow(conn, workflow_id, status.value, result, error)
 
