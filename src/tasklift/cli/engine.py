@@ -44,11 +44,9 @@ def engine_command(
     no_runner_isolation: bool,
 ) -> None:
     """Run jobs of the database's works next to the server; never a job another engine took."""
-    from tasklift.backends.base import Backend
-    from tasklift.backends.registry import backend_from_settings
     from tasklift.engine.core import Engine
     from tasklift.service.app import check_schema
-    from tasklift.service.runners import runner_isolation
+    from tasklift.service.runners import backend_factory
 
     if db_url_file:
         db_url = read_secret_file(db_url_file, "database URL")
@@ -63,11 +61,7 @@ def engine_command(
     refuse_secrets_in_argv(db=settings.db_url, bus=settings.bus)
     check_schema(settings)
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s %(message)s")
-    isolation = runner_isolation(settings, lambda: engine.db, who="tasklift engine")
-
-    def backends(backend_name: str) -> Backend:
-        return backend_from_settings(backend_name, settings, isolation=isolation)
-
+    backends = backend_factory(settings, lambda: engine.db, who="tasklift engine")
     engine = Engine(
         settings, auto_upgrade=False, resume=True, defer_start=True, backend_factory=backends
     )

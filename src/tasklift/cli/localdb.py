@@ -22,7 +22,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from tasklift.db import queries as q
 from tasklift.db.session import create_db_engine, mask_url, upgrade
-from tasklift.engine.recovery import close_orphaned_workflows
+from tasklift.engine.recovery import close_orphaned_workflows, process_alive
 from tasklift.settings import Settings
 from tasklift.states import WORK_TERMINAL, WORKFLOW_TERMINAL, JobState, WorkflowState
 
@@ -109,24 +109,7 @@ def _json(data: bytes | None) -> Any:
         return {"__undecodable__": f"{len(data)} bytes (not JSON: a pickle-serialized value)"}
 
 
-def _totals() -> Any:
-    k = q.works
-    return (
-        select(
-            k.c.workflow_id,
-            func.count().label("n_works"),
-            func.sum(k.c.n_jobs).label("n_jobs"),
-            func.sum(k.c.n_finished).label("n_finished"),
-            func.sum(k.c.n_failed).label("n_failed"),
-            func.sum(k.c.n_cancelled).label("n_cancelled"),
-            func.sum(k.c.n_skipped).label("n_skipped"),
-        )
-        .group_by(k.c.workflow_id)
-        .subquery()
-    )
-
-
-COUNTS = ("n_works", "n_jobs", "n_finished", "n_failed", "n_cancelled", "n_skipped")
+COUNTS = q.WORKFLOW_COUNTS
 
 
 def _workflow_dict(row: Any) -> dict[str, Any]:
@@ -141,7 +124,7 @@ def _workflow_dict(row: Any) -> dict[str, Any]:
 def list_workflows(db: DBEngine, status: str | None, limit: int) -> list[dict[str, Any]]:
     """The newest ``limit`` workflows (of one status), with their job counters."""
     close_orphaned_workflows(db)  # a killed submitter's workflow must not look running
-    w, totals = q.workflows, _totals()
+    w, totals = q.workflows, q.workflow_totals()
     stmt = (
         select(w, *(totals.c[name] for name in COUNTS))
         .outerjoin(totals, totals.c.workflow_id == w.c.id)
@@ -157,7 +140,7 @@ def list_workflows(db: DBEngine, status: str | None, limit: int) -> list[dict[st
 def get_workflow(db: DBEngine, workflow_id: int) -> dict[str, Any]:
     """One workflow with its counters, arguments and result (decoded JSON)."""
     close_orphaned_workflows(db)
-    w, totals = q.workflows, _totals()
+    w, totals = q.workflows, q.workflow_totals()
     stmt = (
         select(w, *(totals.c[name] for name in COUNTS))
         .outerjoin(totals, totals.c.workflow_id == w.c.id)
@@ -234,29 +217,6 @@ def get_job_logs(db: DBEngine, job_id: int) -> dict[str, Any]:
     return dict(row) | {"stdout": row["stdout"] or "", "stderr": row["stderr"] or ""}
 
 
-def _process_alive(pid: int, since: float) -> bool:
-    """True when process ``pid`` runs and started no later than ``since`` (not a reused pid)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # Linux: a zombie has ended; the start time tells a reused pid apart
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        if stat[0] in ("Z", "X"):
-            return False
-        boot = next(
-            float(line.split()[1])
-            for line in Path("/proc/stat").read_text().splitlines()
-            if line.startswith("btime ")
-        )
-        started = boot + int(stat[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return True
-    return started <= since + 2.0
-
-
 def runner_process(wf: dict[str, Any]) -> int | None:
     """The pid of the live process on this host that runs ``wf`` (``None``: none)."""
     pid = wf.get("client_pid")
@@ -264,7 +224,7 @@ def runner_process(wf: dict[str, Any]) -> int | None:
         return None
     if wf.get("client_host") != socket.gethostname():
         return None
-    return int(pid) if _process_alive(int(pid), float(wf["created_at"])) else None
+    return int(pid) if process_alive(int(pid), float(wf["created_at"])) else None
 
 
 def wait_workflow(db: DBEngine, workflow_id: int, timeout: float | None) -> dict[str, Any]:
@@ -302,7 +262,7 @@ def _stop_process(pid: int, since: float, workflow_id: int) -> None:
             continue
         os.kill(pid, sig)
         deadline = time.monotonic() + CANCEL_GRACE / 2
-        while _process_alive(pid, since):
+        while process_alive(pid, since):
             if time.monotonic() >= deadline:
                 break
             time.sleep(0.1)

@@ -22,11 +22,13 @@ from tasklift.errors import NotFoundError
 from tasklift.states import JobState, WorkflowState, WorkState
 
 __all__ = [
+    "WORKFLOW_COUNTS",
     "ResultRecord",
     "chunks",
     "find_memo",
     "insert_jobs",
     "result_records",
+    "workflow_totals",
 ]
 
 workflows = Workflow.__table__
@@ -531,3 +533,20 @@ def pending_jobs(
         .limit(limit)
     )
     return [(int(a), int(b), int(c), d) for a, b, c, d in rows]
+
+
+WORKFLOW_COUNTS = ("n_works", "n_jobs", "n_finished", "n_failed", "n_cancelled", "n_skipped")
+"""The job counters of a workflow, summed over its works (:func:`workflow_totals`)."""
+
+
+def workflow_totals() -> Any:
+    """A subquery of every workflow's :data:`WORKFLOW_COUNTS` by ``workflow_id``."""
+    return (
+        select(
+            works.c.workflow_id,
+            func.count().label("n_works"),
+            *(func.sum(works.c[name]).label(name) for name in WORKFLOW_COUNTS[1:]),
+        )
+        .group_by(works.c.workflow_id)
+        .subquery()
+    )

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -21,7 +22,7 @@ from tasklift.engine.specs import WorkSpec
 from tasklift.errors import BackendError, ConfigError
 from tasklift.states import JobState, WorkflowState, WorkState
 
-__all__ = ["RecoveryMixin", "close_orphaned_workflows"]
+__all__ = ["RecoveryMixin", "close_orphaned_workflows", "process_alive"]
 
 logger = logging.getLogger(__name__)
 
@@ -248,13 +249,13 @@ def close_orphaned_workflows(db: Engine) -> list[int]:
     closed = []
     with db.begin() as conn:
         rows = conn.execute(
-            select(q.workflows.c.id, q.workflows.c.client_pid).where(
+            select(q.workflows.c.id, q.workflows.c.client_pid, q.workflows.c.created_at).where(
                 q.workflows.c.status == WorkflowState.RUNNING.value,
                 q.workflows.c.client_host == host,
             )
         ).all()
-        for workflow_id, pid in rows:
-            if pid is None or _pid_alive(int(pid)):
+        for workflow_id, pid, created_at in rows:
+            if pid is None or process_alive(int(pid), float(created_at)):
                 continue  # created through the service, or its process still runs
             message = (
                 f"the submitting process (pid {pid}) exited before the workflow ended; "
@@ -269,11 +270,24 @@ def close_orphaned_workflows(db: Engine) -> list[int]:
     return closed
 
 
-def _pid_alive(pid: int) -> bool:
+def process_alive(pid: int, since: float) -> bool:
+    """True when process ``pid`` runs and started no later than ``since`` (not a reused pid)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # Linux: a zombie has ended; the start time tells a reused pid apart
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        if stat[0] in ("Z", "X"):
+            return False
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        started = boot + int(stat[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return True
+    return started <= since + 2.0

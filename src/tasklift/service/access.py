@@ -1,25 +1,29 @@
 """Ownership checks shared by the routes: another user's workflow is a 404, not a 403.
 
-Also owns :class:`WorkflowFacts`, the columns of a workflow that never change once it is
-created, kept in memory so that adding a work needs no extra read of its workflow.
+Also owns :class:`OwnerLookup` (the user a workflow's jobs belong to) and
+:class:`WorkflowFacts`, the columns of a workflow that never change once it is created, kept in
+memory so that adding a work needs no extra read of its workflow.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, select
+from sqlalchemy import Engine as DBEngine
 
 from tasklift.db import queries as q
-from tasklift.errors import NotFoundError, PermissionDeniedError
+from tasklift.errors import ConfigError, NotFoundError, PermissionDeniedError
 from tasklift.service.principal import Principal
 
 if TYPE_CHECKING:
     from tasklift.engine.core import Engine
 
 __all__ = [
+    "OwnerLookup",
     "WorkflowFacts",
     "check_workflow_access",
     "visible_job",
@@ -48,6 +52,34 @@ def check_workflow_access(principal: Principal, workflow_id: int, owner: str | N
         principal.work_id is not None or principal.workflow_id != workflow_id
     ):
         raise PermissionDeniedError("this job token is scoped to another workflow")
+
+
+class OwnerLookup:
+    """The owner of a workflow id, read once from the database (owners never change)."""
+
+    MAX = 10_000
+
+    def __init__(self, db: Callable[[], DBEngine]) -> None:
+        self._db = db
+        self._owners: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, workflow_id: int) -> str:
+        """The owner of ``workflow_id``."""
+        name = self._owners.get(workflow_id)
+        if name is not None:
+            return name
+        with self._db().connect() as conn:
+            found = conn.execute(
+                select(q.workflows.c.owner).where(q.workflows.c.id == workflow_id)
+            ).scalar()
+        if found is None:
+            raise ConfigError(f"workflow {workflow_id} vanished before its jobs started")
+        with self._lock:
+            if len(self._owners) >= self.MAX:
+                self._owners.clear()
+            self._owners[workflow_id] = str(found)
+        return str(found)
 
 
 class WorkflowFacts:

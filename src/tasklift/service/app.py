@@ -144,8 +144,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def create_app(settings: Settings, *, start_engine: bool = True) -> FastAPI:
     """Build the app; the engine starts with the app's lifespan."""
-    from tasklift.backends.base import Backend
-    from tasklift.backends.registry import backend_from_settings
     from tasklift.engine.core import Engine
     from tasklift.service import web
     from tasklift.service.access import WorkflowFacts
@@ -154,17 +152,13 @@ def create_app(settings: Settings, *, start_engine: bool = True) -> FastAPI:
     from tasklift.service.limits import BodyLimit
     from tasklift.service.metrics import ServiceMetrics
     from tasklift.service.routes import archives, jobs, system, workflows, works
-    from tasklift.service.runners import runner_isolation
+    from tasklift.service.runners import backend_factory
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         check_schema(settings)
         # jobs of many users never run as the server, nor share a process (service/runners.py)
-        isolation = runner_isolation(settings, lambda: engine.db)
-
-        def backends(name: str) -> Backend:
-            return backend_from_settings(name, settings, isolation=isolation)
-
+        backends = backend_factory(settings, lambda: engine.db)
         engine = Engine(
             settings,
             auto_upgrade=False,

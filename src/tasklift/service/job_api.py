@@ -17,10 +17,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
-from sqlalchemy import select
 
-from tasklift.db import queries as q
 from tasklift.errors import ConfigError
+from tasklift.service.access import OwnerLookup
 
 if TYPE_CHECKING:
     from tasklift.engine.core import Engine
@@ -50,21 +49,7 @@ def advertised_host(bind: str) -> str:
 def job_token_issuer(auth: Authenticator, engine: Engine) -> Callable[[WorkSpec, JobSpec], str]:
     """What the engine calls to give a job its token: scoped to its one job (a remote runner)
     or to its workflow (the runner of a remote workflow's function), on its owner's behalf."""
-    owners: dict[int, str] = {}
-
-    def owner(workflow_id: int) -> str:
-        name = owners.get(workflow_id)
-        if name is None:
-            with engine.db.connect() as conn:
-                found = conn.execute(
-                    select(q.workflows.c.owner).where(q.workflows.c.id == workflow_id)
-                ).scalar()
-            if found is None:
-                raise ConfigError(f"workflow {workflow_id} vanished before its jobs started")
-            if len(owners) > 10_000:
-                owners.clear()
-            name = owners[workflow_id] = str(found)
-        return name
+    owner = OwnerLookup(lambda: engine.db)
 
     def issue(spec: WorkSpec, job: JobSpec) -> str:
         holder = (job.job_id, job.attempt)

@@ -13,49 +13,22 @@ import os
 import stat
 import sys
 import tempfile
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import Engine, make_url, select
+from sqlalchemy import Engine, make_url
 
+from tasklift.backends.base import Backend
 from tasklift.backends.identities import IdentityPool, parse_identities
 from tasklift.backends.local import RunnerIsolation
-from tasklift.db import queries as q
+from tasklift.backends.registry import backend_from_settings
 from tasklift.errors import ConfigError
+from tasklift.service.access import OwnerLookup
 from tasklift.settings import Settings
 
-__all__ = ["OwnerLookup", "protect_home", "runner_isolation"]
+__all__ = ["backend_factory", "protect_home", "runner_isolation"]
 
 logger = logging.getLogger(__name__)
-
-
-class OwnerLookup:
-    """The owner of a workflow id, read once from the database (owners never change)."""
-
-    MAX = 10_000
-
-    def __init__(self, db: Callable[[], Engine]) -> None:
-        self._db = db
-        self._owners: dict[int, str] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, workflow_id: int) -> str:
-        """The owner of ``workflow_id``."""
-        name = self._owners.get(workflow_id)
-        if name is not None:
-            return name
-        with self._db().connect() as conn:
-            found = conn.execute(
-                select(q.workflows.c.owner).where(q.workflows.c.id == workflow_id)
-            ).scalar()
-        if found is None:
-            raise ConfigError(f"workflow {workflow_id} vanished before its jobs started")
-        with self._lock:
-            if len(self._owners) >= self.MAX:
-                self._owners.clear()
-            self._owners[workflow_id] = str(found)
-        return str(found)
 
 
 def protect_home(settings: Settings) -> None:
@@ -114,3 +87,16 @@ def runner_isolation(
         "y" if len(identities) == 1 else "ies",
     )
     return RunnerIsolation(identities=pool, owner_of=OwnerLookup(db))
+
+
+def backend_factory(
+    settings: Settings, db: Callable[[], Engine], *, who: str = "tasklift server"
+) -> Callable[[str], Backend]:
+    """What a server or extra engine builds its backends with: by name, under the runner
+    isolation of :func:`runner_isolation` (checked here, once)."""
+    isolation = runner_isolation(settings, db, who=who)
+
+    def build(name: str) -> Backend:
+        return backend_from_settings(name, settings, isolation=isolation)
+
+    return build

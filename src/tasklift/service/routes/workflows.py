@@ -48,22 +48,6 @@ def _dump(name: str, value: Any) -> bytes:
         raise SubmissionError(f"{name} cannot be stored as JSON: {exc}") from None
 
 
-def _totals() -> Any:
-    k = q.works
-    return (
-        select(
-            k.c.workflow_id,
-            func.count().label("n_works"),
-            func.sum(k.c.n_jobs).label("n_jobs"),
-            func.sum(k.c.n_finished).label("n_finished"),
-            func.sum(k.c.n_failed).label("n_failed"),
-            func.sum(k.c.n_cancelled).label("n_cancelled"),
-        )
-        .group_by(k.c.workflow_id)
-        .subquery()
-    )
-
-
 def workflow_public(row: dict[str, Any], totals: dict[str, Any] | None = None) -> WorkflowPublic:
     """Turn a workflow row (plus optional counters) into its API form."""
     counts = {
@@ -220,7 +204,7 @@ def list_workflows(
         conditions.append(w.c.status == status)
     if name:
         conditions.append(w.c.name.contains(name, autoescape=True))
-    totals = _totals()
+    totals = q.workflow_totals()
     stmt = (
         select(
             w,
@@ -243,7 +227,7 @@ def get_workflow(workflow_id: IdPath, engine: EngineDep, principal: PrincipalDep
     """One workflow with its job counters."""
     with engine.db.connect() as conn:
         row = visible_workflow(conn, principal, workflow_id)
-        totals = _totals()
+        totals = q.workflow_totals()
         counts = (
             conn.execute(select(totals).where(totals.c.workflow_id == workflow_id))
             .mappings()
