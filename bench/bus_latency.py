@@ -22,7 +22,7 @@ from typing import Any
 
 from tasklift.bus.base import Bus
 from tasklift.bus.registry import bus_from_url, mask_bus_url
-from tasklift.engine.specs import ResultRecord
+from tasklift.records import ResultRecord
 
 WARMUP = 50
 

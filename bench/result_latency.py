@@ -259,8 +259,8 @@ def measure_kills(kills: int) -> dict[str, Any]:
 def blind_backend(home: Path) -> Any:
     """A remote backend whose runners' deaths it cannot see (built here: needs jobrunner)."""
     from tasklift.backends.base import Backend
-    from tasklift.engine.specs import JobSpec, WorkSpec
     from tasklift.jobrunner import write_batch
+    from tasklift.records import JobSpec, WorkSpec
     from tasklift.states import JobState
 
     class BlindRunnerBackend(Backend):

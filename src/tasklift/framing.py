@@ -1,7 +1,7 @@
 """Length-prefixed pickle frames: the pipe protocol between the local backend and workers.
 
 The engine trusts nothing a worker sends: it reads worker frames with :func:`loads_outcomes`,
-an unpickler that builds only plain values and :class:`~tasklift.engine.specs.Outcome` records
+an unpickler that builds only plain values and :class:`~tasklift.records.Outcome` records
 (a job's code can write to its worker's pipe; it must not reach the engine's process).
 """
 
@@ -25,7 +25,7 @@ __all__ = [
 HEADER = struct.Struct("!I")
 MAX_WORKER_FRAME = 1 << 30
 """Largest frame the engine reads from a worker (1 GiB): a larger length is a broken worker."""
-_WORKER_CLASSES = frozenset({("tasklift.engine.specs", "Outcome")})
+_WORKER_CLASSES = frozenset({("tasklift.records", "Outcome")})
 
 
 class _OutcomeUnpickler(pickle.Unpickler):

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tasklift.engine.specs import JobSpec, Outcome, WorkSpec
 from tasklift.errors import ConfigError
+from tasklift.records import JobSpec, Outcome, WorkSpec
 
 if TYPE_CHECKING:
     from tasklift.runner import FunctionLoader

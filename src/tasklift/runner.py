@@ -30,9 +30,9 @@ from typing import Any
 
 from tasklift import _context
 from tasklift.archive import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, ensure_extracted
-from tasklift.engine.specs import JobSpec, Outcome, WorkSpec
 from tasklift.errors import SerializationError
 from tasklift.framing import read_frame, write_frame
+from tasklift.records import JobSpec, Outcome, WorkSpec
 from tasklift.serializers import get_serializer
 from tasklift.settings import Settings
 

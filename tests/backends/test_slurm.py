@@ -39,8 +39,8 @@ from tasklift.backends.slurm_script import (
     sbatch_resources,
 )
 from tasklift.db.models import Job
-from tasklift.engine.specs import JobSpec, WorkSpec
 from tasklift.errors import BackendError, ConfigError
+from tasklift.records import JobSpec, WorkSpec
 from tasklift.settings import Settings
 from tasklift.states import JobState
 

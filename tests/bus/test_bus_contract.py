@@ -7,7 +7,7 @@ import time
 
 from tasklift.bus.base import work_destination
 from tasklift.bus.stomp import is_reference
-from tasklift.engine.specs import ResultRecord
+from tasklift.records import ResultRecord
 
 
 def rec(job_id: int, result: bytes | None = b"1", **kw) -> ResultRecord:

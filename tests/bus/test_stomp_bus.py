@@ -12,8 +12,8 @@ import pytest
 from bus_support import LATENCY_LINES, enable_stomp
 
 from tasklift.bus.stomp import STALE, StompBus
-from tasklift.engine.specs import ResultRecord
 from tasklift.errors import BusError
+from tasklift.records import ResultRecord
 
 pytestmark = pytest.mark.stomp
 

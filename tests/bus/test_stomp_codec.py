@@ -13,7 +13,7 @@ from tasklift.bus.stomp import (
     encode_batch,
     is_reference,
 )
-from tasklift.engine.specs import ResultRecord
+from tasklift.records import ResultRecord
 
 
 def rec(job_id: int, result: bytes | None = b"1", **kw) -> ResultRecord:

@@ -140,7 +140,7 @@ BOB = """
         sys.modules["__main__"].__dict__["run_job"] = runner.run_job
         # row 5: forge frames on the worker's pipe to the server: another job's outcomes
         # (ids 1..300), then a pickle that would run a command in the server's process
-        from tasklift.engine.specs import Outcome
+        from tasklift.records import Outcome
         from tasklift.framing import encode_frame
 
         class Evil:

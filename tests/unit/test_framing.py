@@ -7,8 +7,8 @@ import pickle
 
 import pytest
 
-from tasklift.engine.specs import Outcome
 from tasklift.framing import HEADER, encode_frame, loads_outcomes
+from tasklift.records import Outcome
 
 
 class _RunsCode:

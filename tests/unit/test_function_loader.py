@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tasklift.archive import pack_source, store_archive
-from tasklift.engine.specs import WorkSpec
+from tasklift.records import WorkSpec
 from tasklift.runner import FunctionLoader
 
 

@@ -10,9 +10,9 @@ import math
 import numpy as np
 import pytest
 
-from tasklift.engine.specs import JobSpec, WorkSpec
 from tasklift.errors import JobFailure, SerializationError, WorkFailed
 from tasklift.keys import canonical_json, get_unique_id_for_dict, job_key, memo_key
+from tasklift.records import JobSpec, WorkSpec
 from tasklift.runner import run_job
 from tasklift.serializers import get_serializer
 

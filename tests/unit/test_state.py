@@ -3,8 +3,8 @@
 import pytest
 
 from tasklift.db.queries import WorkCounts
-from tasklift.engine.specs import Outcome
 from tasklift.engine.state import decide, needed_successes, state_of, work_state
+from tasklift.records import Outcome
 from tasklift.states import ALLOWED, JOB_TERMINAL, JobState, WorkState, check_transition
 
 

@@ -29,7 +29,6 @@ from tasklift.api.answers import (
 )
 from tasklift.archive import PackedArchive
 from tasklift.bus.base import Bus, Callback, Subscription
-from tasklift.engine.specs import ResultRecord, WorkSpec
 from tasklift.errors import (
     ConflictError,
     NotFoundError,
@@ -37,6 +36,7 @@ from tasklift.errors import (
     TaskliftError,
     WorkflowFailedError,
 )
+from tasklift.records import ResultRecord, WorkSpec
 from tasklift.states import WorkflowState
 
 if TYPE_CHECKING:

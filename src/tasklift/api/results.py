@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tasklift.bus.base import work_destination
-from tasklift.engine.specs import ResultRecord
 from tasklift.engine.state import needed_successes
 from tasklift.errors import (
     DatabaseUnavailable,
@@ -22,6 +21,7 @@ from tasklift.errors import (
     short_repr,
 )
 from tasklift.keys import job_key
+from tasklift.records import ResultRecord
 from tasklift.serializers import get_serializer
 from tasklift.states import JobState, WorkState
 

@@ -17,9 +17,9 @@ from tasklift.api.decorators import UNSET, WorkFunction, defining_file
 from tasklift.api.joblist import EAGER_UP_TO, JobList, LazyCalls
 from tasklift.api.results import Work, WorkRef
 from tasklift.backends.registry import register_backend
-from tasklift.engine.specs import WorkSpec
 from tasklift.errors import SerializationError, SubmissionError, short_repr
 from tasklift.keys import canonical_json, memo_key
+from tasklift.records import WorkSpec
 from tasklift.serializers import get_serializer
 
 if TYPE_CHECKING:

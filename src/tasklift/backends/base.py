@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar, Protocol
 
-from tasklift.engine.specs import JobSpec, Outcome, WorkSpec
+from tasklift.records import JobSpec, Outcome, WorkSpec
 from tasklift.states import JobState
 
 __all__ = ["Backend", "OutcomeSink"]

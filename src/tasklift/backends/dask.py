@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tasklift.backends.base import Backend, OutcomeSink
-from tasklift.engine.specs import JobSpec, WorkSpec
 from tasklift.errors import BackendError, ConfigError
 from tasklift.jobrunner import inline_spec, run_remote_job
+from tasklift.records import JobSpec, WorkSpec
 from tasklift.states import JobState
 
 if TYPE_CHECKING:

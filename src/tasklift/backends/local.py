@@ -34,9 +34,9 @@ from typing import ClassVar
 from tasklift.backends.base import Backend, OutcomeSink
 from tasklift.backends.command import job_environment, runner_command
 from tasklift.backends.identities import IdentityPool, Lease, runner_environment
-from tasklift.engine.specs import JobSpec, Outcome, WorkSpec
 from tasklift.errors import BackendError
 from tasklift.framing import HEADER, MAX_WORKER_FRAME, encode_frame, loads_outcomes
+from tasklift.records import JobSpec, Outcome, WorkSpec
 from tasklift.states import JobState
 
 __all__ = ["LocalBackend", "RunnerIsolation", "worker_command"]

@@ -40,8 +40,8 @@ from tasklift.backends.slurm_script import (
     parse_squeue,
     sbatch_resources,
 )
-from tasklift.engine.specs import JobSpec, WorkSpec
 from tasklift.errors import BackendError, ConfigError
+from tasklift.records import JobSpec, WorkSpec
 from tasklift.states import JobState
 
 _ENDED = frozenset({JobState.FINISHED, JobState.FAILED, JobState.LOST})

@@ -33,8 +33,8 @@ from stomp.exception import StompException
 
 from tasklift.bus.base import Bus, Callback, Subscription
 from tasklift.bus.registry import mask_bus_url
-from tasklift.engine.specs import ResultRecord
 from tasklift.errors import BusError, ConfigError
+from tasklift.records import ResultRecord
 
 __all__ = [
     "INLINE_LIMIT",

@@ -17,8 +17,8 @@ from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from tasklift.db import hot
 from tasklift.db.models import Archive, Job, JobAttempt, Work, Workflow
-from tasklift.engine.specs import ResultRecord
 from tasklift.errors import NotFoundError
+from tasklift.records import ResultRecord
 from tasklift.states import JobState, WorkflowState, WorkState
 
 __all__ = [

@@ -33,7 +33,6 @@ from tasklift.engine import dataflow
 from tasklift.engine.live import LiveWork, WorkRecord
 from tasklift.engine.monitor import Monitor, RemoteJob
 from tasklift.engine.recovery import RecoveryMixin
-from tasklift.engine.specs import JobSpec, Outcome, WorkSpec
 from tasklift.engine.state import decide, state_of, work_state
 from tasklift.engine.storing import STORE_CHUNK, ChunkedStoreMixin
 from tasklift.errors import (
@@ -43,6 +42,7 @@ from tasklift.errors import (
     NotFoundError,
     SubmissionError,
 )
+from tasklift.records import JobSpec, Outcome, WorkSpec
 from tasklift.settings import Settings
 from tasklift.states import WORK_TERMINAL, JobState, WorkflowState, WorkState
 

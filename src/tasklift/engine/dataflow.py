@@ -17,8 +17,8 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 
 from tasklift.db import queries as q
 from tasklift.db.models import JobDep, WorkEdge
-from tasklift.engine.specs import JobSpec, ResultRecord
 from tasklift.errors import SubmissionError
+from tasklift.records import JobSpec, ResultRecord
 from tasklift.states import WORK_TERMINAL, JobState, WorkState
 
 __all__ = [

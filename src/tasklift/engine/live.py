@@ -7,7 +7,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-from tasklift.engine.specs import JobSpec, WorkSpec
+from tasklift.records import JobSpec, WorkSpec
 
 __all__ = ["LiveWork", "WorkRecord"]
 

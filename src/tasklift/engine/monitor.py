@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from tasklift.db import queries as q
-from tasklift.engine.specs import Outcome
 from tasklift.errors import BackendError
+from tasklift.records import Outcome
 from tasklift.states import JobState
 
 if TYPE_CHECKING:

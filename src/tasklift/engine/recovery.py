@@ -18,8 +18,8 @@ from tasklift.db import queries as q
 from tasklift.engine import dataflow
 from tasklift.engine.live import LiveWork
 from tasklift.engine.monitor import RemoteJob
-from tasklift.engine.specs import WorkSpec
 from tasklift.errors import BackendError, ConfigError
+from tasklift.records import WorkSpec
 from tasklift.states import JobState, WorkflowState, WorkState
 
 __all__ = ["RecoveryMixin", "close_orphaned_workflows", "process_alive"]

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tasklift.engine.specs import Outcome
+from tasklift.records import Outcome
 from tasklift.states import JobState, WorkState
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from tasklift.service.access import OwnerLookup
 
 if TYPE_CHECKING:
     from tasklift.engine.core import Engine
-    from tasklift.engine.specs import JobSpec, WorkSpec
+    from tasklift.records import JobSpec, WorkSpec
     from tasklift.service.auth import Authenticator
     from tasklift.settings import Settings
 

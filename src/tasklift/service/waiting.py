@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tasklift.bus.base import Subscription, work_destination
 from tasklift.db import queries as q
-from tasklift.engine.specs import ResultRecord
+from tasklift.records import ResultRecord
 from tasklift.service.access import visible_work
 from tasklift.states import WORK_TERMINAL, JobState
 

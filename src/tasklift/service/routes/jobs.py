@@ -13,8 +13,8 @@ from sqlalchemy import select, update
 
 from tasklift.db import queries as q
 from tasklift.engine import dataflow
-from tasklift.engine.specs import JobSpec, Outcome
 from tasklift.errors import ConflictError, NotFoundError, PermissionDeniedError, SubmissionError
+from tasklift.records import JobSpec, Outcome
 from tasklift.service.access import visible_job
 from tasklift.service.deps import EngineDep, IdPath, PrincipalDep
 from tasklift.service.principal import Principal

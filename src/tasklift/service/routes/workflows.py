@@ -13,8 +13,8 @@ from fastapi import APIRouter, Query, Request
 from sqlalchemy import desc, func, select
 
 from tasklift.db import queries as q
-from tasklift.engine.specs import WorkSpec
 from tasklift.errors import ConflictError, PermissionDeniedError, SubmissionError
+from tasklift.records import WorkSpec
 from tasklift.service.access import visible_workflow
 from tasklift.service.deps import MAX_ID, EngineDep, IdPath, PrincipalDep, UserDep
 from tasklift.service.routes.works import work_public

@@ -19,9 +19,9 @@ from starlette.concurrency import run_in_threadpool
 
 from tasklift.db import queries as q
 from tasklift.engine.dataflow import Ref
-from tasklift.engine.specs import WorkSpec
 from tasklift.errors import SubmissionError
 from tasklift.keys import memo_key as memo_key_of
+from tasklift.records import WorkSpec
 from tasklift.service.access import WorkflowFacts, check_workflow_access, visible_work
 from tasklift.service.deps import MAX_ID, EngineDep, FactsDep, IdPath, PrincipalDep
 from tasklift.service.principal import Principal

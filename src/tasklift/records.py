@@ -1,11 +1,68 @@
-"""Plain records that cross process boundaries: work specs, job specs and job outcomes."""
+"""The records every layer shares: work specs and options, job specs, outcomes, results.
+
+The bottom of the house: nothing here imports another tasklift module. A record is built in
+one place (:mod:`tasklift.submission` builds a work's spec and options; :meth:`Outcome.failure`
+a failed attempt) and read everywhere else.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["JobSpec", "Outcome", "ResultRecord", "WorkSpec"]
+__all__ = ["JobSpec", "Outcome", "ResultRecord", "WorkOptions", "WorkSpec"]
+
+
+@dataclass(frozen=True)
+class WorkOptions:
+    """A work's options as stored with it (``works.options``, JSON) and read back.
+
+    One definition of the stored form: :meth:`to_json` writes it, :meth:`from_json` reads it
+    (unknown keys of a newer writer are ignored, missing ones take these defaults).
+
+    Attributes:
+        map_results: results are returned as a mapping keyed by the kwargs.
+        retries: how many times a failed job is tried again.
+        timeout: seconds one attempt may run, or ``None``.
+        resources: ``cores``, ``memory_mb``, ``walltime`` hints for batch backends.
+        backend: the backend name the jobs run on.
+        init_env: command prefix (and ``;``-separated set-up commands) for the job runner.
+        min_success: the share of jobs that must finish for the work to count as finished.
+        serializer: ``json`` or ``pickle``.
+        when_arg: the input a ``when=`` predicate is applied to.
+        kind: ``work``, or ``workflow`` for the one job that runs a remote workflow function.
+        service_url: where a ``workflow`` job's runner submits its works.
+    """
+
+    map_results: bool = False
+    retries: int = 2
+    timeout: float | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+    backend: str = "local"
+    init_env: str | None = None
+    min_success: float = 1.0
+    serializer: str = "json"
+    when_arg: str | None = None
+    kind: str = "work"
+    service_url: str | None = None
+
+    def to_json(self) -> str:
+        """The stored form (a JSON object)."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | None) -> WorkOptions:
+        """Read the stored form; ``None`` or ``""`` gives the defaults."""
+        raw = json.loads(text) if text else {}
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in raw.items() if k in known and v is not None}
+        if "resources" in values and not isinstance(values["resources"], dict):
+            values["resources"] = {}
+        if not values.get("backend"):
+            values.pop("backend", None)
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -104,6 +161,34 @@ class Outcome:
     finished_at: float | None = None
     stdout: str | None = None
     stderr: str | None = None
+
+    @classmethod
+    def failure(
+        cls,
+        job_id: int,
+        attempt: int,
+        error_type: str,
+        message: str,
+        *,
+        traceback: str | None = None,
+        retryable: bool = True,
+        started_at: float | None = None,
+        finished_at: float | None = None,
+    ) -> Outcome:
+        """A failed attempt: the one constructor for failures made outside the function
+        (lost workers, time-outs, refused submissions, import errors)."""
+        now = time.time()
+        return cls(
+            job_id,
+            attempt,
+            ok=False,
+            error_type=error_type,
+            error_message=message,
+            traceback=traceback,
+            retryable=retryable,
+            started_at=now if started_at is None else started_at,
+            finished_at=now if finished_at is None else finished_at,
+        )
 
 
 @dataclass(frozen=True, slots=True)
