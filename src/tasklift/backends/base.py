@@ -39,6 +39,11 @@ class OutcomeSink(Protocol):
         """Tell the engine the backend can take more jobs."""
         ...
 
+    def jobs_started(self, jobs: list[tuple[int, int]]) -> None:
+        """``(job_id, attempt)`` pairs a job runner has started (recorded ``running`` in
+        batches; a job that ends before the next batch goes straight to its end state)."""
+        ...
+
 
 class Backend(ABC):
     """Runs jobs somewhere and reports their states."""

@@ -1013,6 +1013,10 @@ class Engine(ChunkedStoreMixin, RecoveryMixin):
                     )
             self._dispatch_guarded()
 
+    def jobs_started(self, jobs: list[tuple[int, int]]) -> None:
+        """Job runners started these attempts (recorded ``running`` in batches)."""
+        # recorded by the attempts collaborator of the engine redesign (issue 13)
+
     def capacity_changed(self) -> None:
         """A backend has room again: dispatch more."""
         with self._lock:
