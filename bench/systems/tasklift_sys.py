@@ -186,11 +186,13 @@ class _BenchServer:
             port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         env = dict(os.environ, TASKLIFT_HOME=str(home / "server"), TASKLIFT_WORKERS=str(WORKERS))
+        # the bus URL carries a password: never on the command line (the server refuses it)
+        env["TASKLIFT_BUS"] = f"{self.STOMP}/tl-bench-{self.name[-10:]}"
         env.pop("TASKLIFT_TOKEN", None)
         self._log = open(home / "server.log", "wb")  # noqa: SIM115 - kept by the server
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "tasklift.cli", "server", "--db", db_url, "--port", str(port),
-             "--bus", f"{self.STOMP}/tl-bench-{self.name[-10:]}", "--log-level", "warning",
+             "--log-level", "warning",
              "--no-runner-isolation"],  # a server only the bench uses (it may run as root)
             env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -198,7 +200,8 @@ class _BenchServer:
         while True:
             if self._proc.poll() is not None:
                 self.stop()
-                raise Unavailable(f"tasklift server exited early; see {home / 'server.log'}")
+                tail = (home / "server.log").read_text(errors="replace").strip().splitlines()[-3:]
+                raise Unavailable(f"tasklift server exited early: {' / '.join(tail)}")
             try:
                 if httpx.get(self.url + "/health", timeout=2).status_code == 200:
                     break
