@@ -313,10 +313,10 @@ def test_work_function_inside_a_function_is_refused(settings):
 
 
 def test_large_work_pages_from_the_database(settings, monkeypatch):
-    from tasklift.engine import core
+    from tasklift.engine import dispatch, works
 
-    monkeypatch.setattr(core, "IN_MEMORY_JOBS", 100)
-    monkeypatch.setattr(core, "PAGE", 64)
+    monkeypatch.setattr(works, "IN_MEMORY_JOBS", 100)
+    monkeypatch.setattr(dispatch, "PAGE", 64)
 
     def wf():
         return workfns.add(y=1, group_kwargs=[{"x": i} for i in range(500)])

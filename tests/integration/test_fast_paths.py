@@ -11,7 +11,7 @@ from tasklift import Workflow, get_unique_id_for_dict
 from tasklift.api import joblist
 from tasklift.api.run import embedded_engine
 from tasklift.db import queries as q
-from tasklift.engine import core, storing
+from tasklift.engine import dispatch, store, works
 from tasklift.keys import occurrence_key
 from tasklift.settings import Settings
 
@@ -23,11 +23,11 @@ def run(settings: Settings, fn, *args, **kwargs):
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Make a 'large' work small: chunked store from 50 jobs on, chunks of 10 to 40."""
-    monkeypatch.setattr(core, "IN_MEMORY_JOBS", 50)
-    monkeypatch.setattr(core, "STORE_CHUNK", 10)  # the first chunk
-    monkeypatch.setattr(storing, "STORE_CHUNK", 10)  # the rest
-    monkeypatch.setattr(storing, "STORE_CHUNK_MAX", 40)
-    monkeypatch.setattr(core, "PAGE", 7)
+    monkeypatch.setattr(works, "IN_MEMORY_JOBS", 50)
+    monkeypatch.setattr(works, "STORE_CHUNK", 10)  # the first chunk
+    monkeypatch.setattr(store, "STORE_CHUNK", 10)  # the rest
+    monkeypatch.setattr(store, "STORE_CHUNK_MAX", 40)
+    monkeypatch.setattr(dispatch, "PAGE", 7)
     monkeypatch.setattr(joblist, "EAGER_UP_TO", 50)
     monkeypatch.setattr("tasklift.api.submit.EAGER_UP_TO", 50)
 

@@ -15,22 +15,23 @@ import storefns
 import tasklift
 from tasklift import Workflow
 from tasklift.api import joblist
+from tasklift.api.run import embedded_engine
 from tasklift.db import hot
 from tasklift.db import queries as q
 from tasklift.db.session import create_db_engine, upgrade
-from tasklift.engine import core, storing
+from tasklift.engine import dispatch, store, works
 from tasklift.settings import Settings
 
 
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make a 'large' work small: chunked store from 50 jobs on, first chunk 10, 20 ahead."""
-    monkeypatch.setattr(core, "IN_MEMORY_JOBS", 50)
-    monkeypatch.setattr(core, "STORE_CHUNK", 10)  # the first chunk
-    monkeypatch.setattr(storing, "STORE_CHUNK", 10)  # the rest
-    monkeypatch.setattr(storing, "STORE_CHUNK_MAX", 40)
-    monkeypatch.setattr(storing, "STORE_AHEAD", 20)
-    monkeypatch.setattr(core, "PAGE", 7)
+    monkeypatch.setattr(works, "IN_MEMORY_JOBS", 50)
+    monkeypatch.setattr(works, "STORE_CHUNK", 10)  # the first chunk
+    monkeypatch.setattr(store, "STORE_CHUNK", 10)  # the rest
+    monkeypatch.setattr(store, "STORE_CHUNK_MAX", 40)
+    monkeypatch.setattr(store, "STORE_AHEAD", 20)
+    monkeypatch.setattr(dispatch, "PAGE", 7)
     monkeypatch.setattr(joblist, "EAGER_UP_TO", 50)
     monkeypatch.setattr("tasklift.api.submit.EAGER_UP_TO", 50)
 
@@ -49,15 +50,15 @@ def test_a_large_work_is_stored_paced_on_postgresql_only(
         else str(request.getfixturevalue("pg_url"))
     )
     seen: list[tuple[int, int, int]] = []  # (first idx, jobs, dispatch's page_after) per chunk
-    real_store_chunk = storing.ChunkedStoreMixin._store_chunk
+    real_store_chunk = store.WorkStore.store_chunk
+    settings = Settings(home=tmp_path / "home", db_url=db_url, workers=2, quiet=True)
 
     def recording(self, work_id, chunk, begin, *args):
-        live = self._live.get(work_id)
+        live = embedded_engine(settings)._memory.works.get(work_id)  # dispatch's position
         seen.append((begin, len(chunk), -2 if live is None else live.page_after))
         return real_store_chunk(self, work_id, chunk, begin, *args)
 
-    monkeypatch.setattr(storing.ChunkedStoreMixin, "_store_chunk", recording)
-    settings = Settings(home=tmp_path / "home", db_url=db_url, workers=2, quiet=True)
+    monkeypatch.setattr(store.WorkStore, "store_chunk", recording)
 
     def wf():
         handle = storefns.add(y=1, group_kwargs=[{"x": i} for i in range(300)], return_work=True)

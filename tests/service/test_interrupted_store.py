@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from tasklift.bus.base import work_destination
 from tasklift.db import queries as q
 from tasklift.db.session import create_db_engine
-from tasklift.engine.core import Engine
+from tasklift.embedded import build_engine
 from tasklift.settings import Settings
 from tasklift.states import JobState
 
@@ -36,12 +36,12 @@ STORE_SCRIPT = textwrap.dedent(
     import storefns
     from tasklift import Workflow
     from tasklift.api import joblist, submit
-    from tasklift.engine import core, storing
+    from tasklift.engine import dispatch, store, works
     from tasklift.settings import Settings
 
-    core.IN_MEMORY_JOBS = 50
-    core.STORE_CHUNK = core.PAGE = storing.STORE_CHUNK = 10
-    storing.STORE_CHUNK_MAX, storing.STORE_AHEAD = 40, 20
+    works.IN_MEMORY_JOBS = 50
+    works.STORE_CHUNK = dispatch.PAGE = store.STORE_CHUNK = 10
+    store.STORE_CHUNK_MAX, store.STORE_AHEAD = 40, 20
     joblist.EAGER_UP_TO = submit.EAGER_UP_TO = 50
     settings = Settings(
         home=Path(sys.argv[1]), db_url=sys.argv[2], workers=1, quiet=True, engine_name="engine-1"
@@ -106,7 +106,7 @@ def test_a_work_whose_engine_died_mid_store_is_cancelled_when_it_restarts(
             time.sleep(0.05)
 
         # another engine starting meanwhile (same database and home) leaves the work alone
-        other = Engine(
+        other = build_engine(
             Settings(home=home, db_url=pg_url, workers=1, quiet=True, engine_name="engine-2"),
             resume=True,
         )
@@ -126,10 +126,9 @@ def test_a_work_whose_engine_died_mid_store_is_cancelled_when_it_restarts(
             conn.execute(sa.update(q.workflows).values(client_pid=None))
 
         # the engine restarts under the same name: it cancels the work it was storing
-        engine = Engine(
+        engine = build_engine(
             Settings(home=home, db_url=pg_url, workers=1, quiet=True, engine_name="engine-1"),
             resume=True,
-            defer_start=True,
         )
         heard: list[q.ResultRecord] = []
         got = threading.Lock()

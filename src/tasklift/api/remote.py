@@ -42,7 +42,7 @@ from tasklift.states import WorkflowState
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from tasklift.engine.core import WorkRecord
+    from tasklift.engine.engine import WorkRecord
     from tasklift.settings import Settings
 
 __all__ = ["HttpService", "mask_service_url", "mask_token"]
@@ -425,7 +425,7 @@ class HttpService:
         refs: Sequence[Sequence[Any]] | None = None,
     ) -> tuple[WorkSpec, WorkRecord]:
         """Create the work with all its jobs in one request."""
-        from tasklift.engine.core import WorkRecord
+        from tasklift.engine.engine import WorkRecord
 
         body = {
             "workflow_id": workflow_id,

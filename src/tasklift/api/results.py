@@ -26,7 +26,7 @@ from tasklift.serializers import get_serializer
 from tasklift.states import JobState, WorkState
 
 if TYPE_CHECKING:
-    from tasklift.engine.core import Engine
+    from tasklift.engine.engine import Engine
 
 __all__ = ["AsyncResult", "CompletedJob", "MapResult", "Progress", "Work", "WorkRef"]
 

@@ -18,7 +18,7 @@ from tasklift.db import queries as q
 from tasklift.errors import ArchiveError
 
 if TYPE_CHECKING:
-    from tasklift.engine.core import Engine
+    from tasklift.engine.engine import Engine
 
 __all__ = ["changed_files", "reuse_hint", "warn_if_nothing_reusable"]
 
@@ -40,7 +40,7 @@ def warn_if_nothing_reusable(
     Only the embedded engine is asked (it has the database and the archive store at hand);
     for a remote service this does nothing.
     """
-    from tasklift.engine.core import Engine
+    from tasklift.engine.engine import Engine
 
     if not isinstance(engine, Engine):
         return None

@@ -27,7 +27,7 @@ from tasklift.states import WorkflowState
 
 if TYPE_CHECKING:
     from tasklift.backends.base import Backend
-    from tasklift.engine.core import Engine
+    from tasklift.engine.engine import Engine
     from tasklift.settings import Settings
 
 __all__ = [
@@ -53,9 +53,9 @@ def embedded_engine(settings: Settings) -> Engine:
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:
-            from tasklift.engine.core import Engine
+            from tasklift.embedded import build_engine
 
-            engine = Engine(settings)
+            engine = build_engine(settings)
             _engines[url] = engine
         return engine
 

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from tasklift.api.run import WorkflowRun
-    from tasklift.engine.core import WorkRecord
     from tasklift.engine.dataflow import Ref
+    from tasklift.engine.engine import WorkRecord
 
 __all__ = ["function_location", "submit_work"]
 

@@ -44,7 +44,7 @@ def engine_command(
     no_runner_isolation: bool,
 ) -> None:
     """Run jobs of the database's works next to the server; never a job another engine took."""
-    from tasklift.engine.core import Engine
+    from tasklift.embedded import build_engine
     from tasklift.service.app import check_schema
     from tasklift.service.runners import backend_factory
 
@@ -62,9 +62,7 @@ def engine_command(
     check_schema(settings)
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s %(message)s")
     backends = backend_factory(settings, lambda: engine.db, who="tasklift engine")
-    engine = Engine(
-        settings, auto_upgrade=False, resume=True, defer_start=True, backend_factory=backends
-    )
+    engine = build_engine(settings, backends=backends, auto_upgrade=False, resume=True)
     engine.start()  # resumes works: their owners are looked up through engine.db
     engine.backend("local")
     stop = threading.Event()

@@ -288,7 +288,7 @@ def _ignores_sigint(pid: int) -> bool:
 def cancel_workflow(settings: Settings, db: DBEngine, workflow_id: int) -> dict[str, Any]:
     """Cancel a workflow: interrupt the process on this host that runs it (as Ctrl-C would),
     cancel its works' open jobs through an engine, and mark it cancelled."""
-    from tasklift.engine.core import Engine
+    from tasklift.embedded import build_engine
 
     wf = get_workflow(db, workflow_id)
     if wf["status"] in {s.value for s in WORKFLOW_TERMINAL}:
@@ -296,7 +296,7 @@ def cancel_workflow(settings: Settings, db: DBEngine, workflow_id: int) -> dict[
     pid = runner_process(wf)
     if pid is not None:
         _stop_process(pid, float(wf["created_at"]), workflow_id)
-    engine = Engine(settings)
+    engine = build_engine(settings)
     try:
         with db.connect() as conn:
             running = q.running_work_ids(conn, workflow_id)
@@ -319,7 +319,7 @@ def retry_workflow(
         How many failed jobs were run again, and the job counts by state afterwards of the
         works that ran (the retried ones and those downstream of them).
     """
-    from tasklift.engine.core import Engine
+    from tasklift.embedded import build_engine
 
     wf = get_workflow(db, workflow_id)
     pid = runner_process(wf)
@@ -330,7 +330,7 @@ def retry_workflow(
     failed = [w for w in list_works(db, workflow_id) if w["n_failed"]]
     if not failed:
         return 0, {}
-    engine = Engine(settings)
+    engine = build_engine(settings)
     try:
         total = sum(engine.retry_failed(int(w["id"])) for w in failed)
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -550,3 +550,21 @@ def workflow_totals() -> Any:
         .group_by(works.c.workflow_id)
         .subquery()
     )
+
+
+def mark_running(conn: Connection, started: Sequence[tuple[int, int]]) -> int:
+    """Record ``(job_id, attempt)`` pairs ``running`` where the job is still queued with that
+    attempt; return how many rows changed."""
+    if not started:
+        return 0
+    stmt = (
+        update(jobs)
+        .where(
+            jobs.c.id == bindparam("_id"),
+            jobs.c.attempts == bindparam("_attempt"),
+            jobs.c.state == JobState.QUEUED.value,
+        )
+        .values(state=JobState.RUNNING.value)
+    )
+    result = conn.execute(stmt, [{"_id": j, "_attempt": n} for j, n in started])
+    return int(result.rowcount or 0)

@@ -1,5 +1,9 @@
-"""The engine's in-memory records of a work: ``WorkRecord`` (what a caller gets back for a
-new work) and ``LiveWork`` (the state of a work that still has jobs to dispatch or hear from)."""
+"""What the engine holds in memory: ``LiveWork`` (a work that still has jobs to dispatch or to
+hear from), ``Memory`` (all of it: live works, active attempts, the works others take inputs
+from), and ``WorkRecord`` (what a caller gets back for a new work).
+
+Changed only on the engine's loop thread (:mod:`tasklift.engine.loop`).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,10 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
+from tasklift.engine.attempts import Attempts
 from tasklift.records import JobSpec, WorkSpec
 
-__all__ = ["LiveWork", "WorkRecord"]
+__all__ = ["LiveWork", "Memory", "WorkRecord"]
 
 
 @dataclass
@@ -47,3 +52,16 @@ class LiveWork:
         if self.page_after is None:
             return False
         return self.stored is None or self.page_after + 1 < self.stored
+
+
+@dataclass
+class Memory:
+    """Everything the engine holds in memory, owned by its loop thread."""
+
+    works: dict[int, LiveWork] = field(default_factory=dict)
+    attempts: Attempts = field(default_factory=Attempts)
+    upstream_works: set[int] = field(default_factory=set)
+    """Works that other works take inputs from (their ends release or fail dependents)."""
+    store_errors: dict[int, str] = field(default_factory=dict)
+    """Works whose chunked store stopped short, and why."""
+    closed: bool = False

@@ -19,20 +19,20 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
+from sqlalchemy import Engine as DBEngine
 from sqlalchemy import select
 
+from tasklift.backends.base import Backend
 from tasklift.db import queries as q
+from tasklift.engine.attempts import Attempt
 from tasklift.errors import BackendError
 from tasklift.records import Outcome
 from tasklift.states import JobState
 
-if TYPE_CHECKING:
-    from tasklift.engine.core import Engine
-
-__all__ = ["Monitor", "RemoteJob"]
+__all__ = ["Monitor", "Monitored"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,26 +41,35 @@ TIMEOUT_GRACE = 1.0
 QUERY_CHUNK = 500
 
 
-@dataclass(frozen=True)
-class RemoteJob:
-    """An attempt handed to a remote backend and not yet reported."""
+class Monitored(Protocol):
+    """What the monitor needs of its engine."""
 
-    job_id: int
-    attempt: int
-    handle: str
-    backend: str
-    timeout: float | None
-    dispatched_at: float
+    db: DBEngine
+
+    def remote_jobs(self) -> list[Attempt]:
+        """Attempts handed to remote backends and not yet reported."""
+        ...
+
+    def last_heartbeats(self, job_ids: Sequence[int]) -> dict[int, float]:
+        """The last heartbeat heard from each job's runner (if any)."""
+        ...
+
+    def backend(self, name: str) -> Backend:
+        """The started backend called ``name``."""
+        ...
+
+    def record_outcomes(self, outcomes: list[Outcome]) -> None:
+        """Store outcomes of attempts."""
+        ...
 
 
 class Monitor:
     """Watches the remote jobs of one engine from a background thread."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Monitored, interval: float, heartbeat_timeout: float) -> None:
         self._engine = engine
-        settings = engine.settings
-        self.interval = settings.monitor_interval
-        self.heartbeat_timeout = settings.heartbeat_timeout
+        self.interval = interval
+        self.heartbeat_timeout = heartbeat_timeout
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started: dict[tuple[int, int], float] = {}  # first heartbeat seen
@@ -91,7 +100,7 @@ class Monitor:
     def check_once(self, now: float | None = None) -> list[Outcome]:
         """One round: find lost, silent and timed-out jobs and record their failures."""
         jobs = self._engine.remote_jobs()
-        keys = {(j.job_id, j.attempt) for j in jobs}
+        keys = {(j.job_id, j.number) for j in jobs}
         for table in (self._started, self._ended_at):
             for key in [k for k in table if k not in keys]:
                 del table[key]
@@ -105,64 +114,17 @@ class Monitor:
             beats.update(self._heartbeats(unheard))
         failures: list[Outcome] = []
         to_cancel: dict[str, list[str]] = defaultdict(list)
-        by_backend: dict[str, list[RemoteJob]] = defaultdict(list)
+        by_backend: dict[str, list[Attempt]] = defaultdict(list)
         for job in jobs:
             by_backend[job.backend].append(job)
         for name, group in by_backend.items():
             states = self._poll(name, group)
             for job in group:
-                key = (job.job_id, job.attempt)
-                beat = beats.get(job.job_id)
-                if beat is not None and beat > job.dispatched_at:  # this attempt's, not older
-                    self._started.setdefault(key, beat)
-                started = self._started.get(key)
-                state = states.get(job.handle)
-                why: tuple[str, str] | None = None
-                if state == JobState.LOST:
-                    reason = self._reason(name, job.handle) or f"the {name} backend lost the job"
-                    why = ("JobLost", reason)
-                elif state in (JobState.FINISHED, JobState.FAILED):
-                    first = self._ended_at.setdefault(key, now)
-                    if now - first > self.heartbeat_timeout:
-                        why = (
-                            "JobLost",
-                            f"the job runner ended ({state.value} on {name}) without reporting "
-                            f"an outcome within {self.heartbeat_timeout:g} s",
-                        )
-                elif (
-                    started is not None
-                    and beat is not None
-                    and (now - beat > self.heartbeat_timeout)
-                ):
-                    why = (
-                        "JobLost",
-                        f"no heartbeat for {now - beat:.0f} s (heartbeat timeout "
-                        f"{self.heartbeat_timeout:g} s): the job runner or its node died",
-                    )
-                    to_cancel[name].append(job.handle)  # if it still runs somewhere, stop it
-                if (
-                    why is None
-                    and job.timeout is not None
-                    and started is not None
-                    and now - started > job.timeout + TIMEOUT_GRACE
-                ):
-                    why = (
-                        "Timeout",
-                        f"job exceeded its timeout of {job.timeout:g} s; the monitor cancelled it",
-                    )
-                    to_cancel[name].append(job.handle)
-                if why is not None:
-                    failures.append(
-                        Outcome(
-                            job.job_id,
-                            job.attempt,
-                            ok=False,
-                            error_type=why[0],
-                            error_message=why[1],
-                            started_at=started or job.dispatched_at,
-                            finished_at=now,
-                        )
-                    )
+                failure = self._verdict(job, name, states.get(job.handle or ""), beats, now)
+                if failure is not None:
+                    failures.append(failure[0])
+                    if failure[1]:  # if it still runs somewhere, stop it
+                        to_cancel[name].append(job.handle or "")
         for name, handles in to_cancel.items():
             try:
                 self._engine.backend(name).cancel(handles)
@@ -180,9 +142,66 @@ class Monitor:
             self._engine.record_outcomes(failures)
         return failures
 
-    def _poll(self, name: str, jobs: list[RemoteJob]) -> dict[str, JobState]:
+    def _verdict(
+        self,
+        job: Attempt,
+        name: str,
+        state: JobState | None,
+        beats: dict[int, float],
+        now: float,
+    ) -> tuple[Outcome, bool] | None:
+        """A job's failure (and whether to cancel it on the backend), or ``None``: it is fine."""
+        key = (job.job_id, job.number)
+        beat = beats.get(job.job_id)
+        if beat is not None and beat > job.dispatched_at:  # this attempt's, not older
+            self._started.setdefault(key, beat)
+        started = self._started.get(key)
+        why: tuple[str, str] | None = None
+        cancel = False
+        if state == JobState.LOST:
+            reason = self._reason(name, job.handle or "") or f"the {name} backend lost the job"
+            why = ("JobLost", reason)
+        elif state in (JobState.FINISHED, JobState.FAILED):
+            first = self._ended_at.setdefault(key, now)
+            if now - first > self.heartbeat_timeout:
+                why = (
+                    "JobLost",
+                    f"the job runner ended ({state.value} on {name}) without reporting "
+                    f"an outcome within {self.heartbeat_timeout:g} s",
+                )
+        elif started is not None and beat is not None and now - beat > self.heartbeat_timeout:
+            why = (
+                "JobLost",
+                f"no heartbeat for {now - beat:.0f} s (heartbeat timeout "
+                f"{self.heartbeat_timeout:g} s): the job runner or its node died",
+            )
+            cancel = True
+        if (
+            why is None
+            and job.timeout is not None
+            and started is not None
+            and now - started > job.timeout + TIMEOUT_GRACE
+        ):
+            why = (
+                "Timeout",
+                f"job exceeded its timeout of {job.timeout:g} s; the monitor cancelled it",
+            )
+            cancel = True
+        if why is None:
+            return None
+        failure = Outcome.failure(
+            job.job_id,
+            job.number,
+            why[0],
+            why[1],
+            started_at=started or job.dispatched_at,
+            finished_at=now,
+        )
+        return failure, cancel
+
+    def _poll(self, name: str, jobs: list[Attempt]) -> dict[str, JobState]:
         try:
-            return self._engine.backend(name).poll([j.handle for j in jobs])
+            return self._engine.backend(name).poll([j.handle for j in jobs if j.handle])
         except BackendError as exc:
             logger.warning("monitor: cannot poll the %s backend: %s", name, exc)
             return {}

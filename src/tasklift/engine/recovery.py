@@ -1,6 +1,6 @@
 """How an engine finds its work again: resuming running works after a restart (adopting the
 remote jobs that outlived it), closing workflows whose submitting process died, and scanning
-for works that other engines created. Part of :class:`tasklift.engine.core.Engine`."""
+for works that other engines created."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import socket
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,50 +18,100 @@ from sqlalchemy import Engine, select
 from tasklift.bus.base import work_destination
 from tasklift.db import queries as q
 from tasklift.engine import dataflow
-from tasklift.engine.live import LiveWork
-from tasklift.engine.monitor import RemoteJob
+from tasklift.engine.announce import Announcer
+from tasklift.engine.attempts import Attempt
+from tasklift.engine.backend_pool import BackendPool
+from tasklift.engine.dispatch import Dispatcher
+from tasklift.engine.live import LiveWork, Memory
+from tasklift.engine.loop import EngineLoop, LoopStopped
 from tasklift.errors import BackendError, ConfigError
 from tasklift.records import WorkSpec
+from tasklift.settings import Settings
 from tasklift.states import JobState, WorkflowState, WorkState
 
-__all__ = ["RecoveryMixin", "close_orphaned_workflows", "process_alive"]
+__all__ = ["Recovery", "close_orphaned_workflows", "process_alive"]
 
 logger = logging.getLogger(__name__)
 
 
-class RecoveryMixin:
-    """Resume, adopt and scan: methods of :class:`~tasklift.engine.core.Engine`, which owns
-    the state they use (``_live``, ``_active``, ``_lock``, ``db`` ...)."""
+class Recovery:
+    """Resume, adopt and scan for one engine. Its methods that change the engine's memory run
+    on the engine's loop thread; the scan thread only reads the database and hands the loop
+    what it found."""
 
-    def _recover_orphans(self) -> None:
-        """Close workflows whose submitting process on this host died without finishing."""
-        close_orphaned_workflows(self.db)
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        db: Engine,
+        memory: Memory,
+        engine_id: str,
+        backends: BackendPool,
+        dispatcher: Dispatcher,
+        announcer: Announcer,
+        loop: EngineLoop,
+        watch_remote: Callable[[], None],
+        archive_file: Callable[[str], str],
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._memory = memory
+        self._engine_id = engine_id
+        self._backends = backends
+        self._dispatcher = dispatcher
+        self._announcer = announcer
+        self._loop = loop
+        self._watch_remote = watch_remote
+        self._archive_file = archive_file
+        self._scanner: threading.Thread | None = None
 
-    def _resume_running_works(self) -> None:
+    def start_scanning(self, stop: threading.Event, dispatch: Callable[[], None]) -> None:
+        """Scan for works other engines created, every ``scan_interval`` (a server engine)."""
+        if self._scanner is not None:
+            return
+        self._scanner = threading.Thread(
+            target=self._scan_loop, args=(stop, dispatch), name="tasklift-engine-scan", daemon=True
+        )
+        self._scanner.start()
+
+    def resume_running_works(self) -> None:
         """Queue again the unfinished jobs of running works (a restarted server); end those
-        whose jobs this engine was still storing when it stopped (the rest never exists)."""
-        active = [JobState.QUEUED.value, JobState.RUNNING.value]
-        with self.db.begin() as conn:
+        whose jobs this engine was still storing when it stopped (the rest never exists).
+        Loop thread."""
+        with self._db.begin() as conn:
             running = (
                 conn.execute(select(q.works).where(q.works.c.status == WorkState.RUNNING.value))
                 .mappings()
                 .all()
             )
-        interrupted = [r for r in running if r["storing_by"] == self.engine_id]
-        for row in interrupted:
+        for row in [r for r in running if r["storing_by"] == self._engine_id]:
             self._end_interrupted_store(dict(row))
         # works other engines are storing are theirs: they run as any other
-        rows = [r for r in running if r["storing_by"] != self.engine_id]
-        with self.db.begin() as conn:
-            adopted: dict[int, list[Any]] = {}
+        rows = [r for r in running if r["storing_by"] != self._engine_id]
+        adopted = self._take_back_jobs(rows)
+        for row in rows:
+            live = self.live_from_row(dict(row))
+            live.page_after = -1
+            self._memory.works[row["id"]] = live
+            self._adopt(live, adopted.get(row["id"], []))
+            logger.info("resumed work %s (id %d)", row["name"], row["id"])
+        if rows:
+            self._dispatcher.dispatch()
+
+    def _take_back_jobs(self, rows: Sequence[Any]) -> dict[int, list[Any]]:
+        """Jobs this engine handed out before it restarted and never heard back from go back
+        to the queue (not the job's fault); those still running on a batch system are
+        returned, to be watched again rather than rerun. Jobs other engines hold are theirs."""
+        active = [JobState.QUEUED.value, JobState.RUNNING.value]
+        adopted: dict[int, list[Any]] = {}
+        with self._db.begin() as conn:
             for row in rows:
                 mine = (
                     q.jobs.c.work_id == row["id"],
                     q.jobs.c.state.in_(active),
-                    q.jobs.c.claimed_by == self.engine_id,
+                    q.jobs.c.claimed_by == self._engine_id,
                 )
                 if self._runners_outlive_engine(row):
-                    # still running on the batch system: watch them again, do not rerun them
                     adopted[row["id"]] = list(
                         conn.execute(
                             select(
@@ -72,57 +124,45 @@ class RecoveryMixin:
                         )
                     )
                     mine = (*mine, q.jobs.c.backend_handle.is_(None))
-                # handed out by this engine before it restarted, never reported back: not the
-                # job's fault. Jobs other engines hold are theirs.
                 conn.execute(
                     q.jobs.update()
                     .where(*mine)
                     .values(state=JobState.PENDING.value, attempts=q.jobs.c.attempts - 1)
                 )
-        for row in rows:
-            live = self._live_from_row(dict(row))
-            live.page_after = -1
-            with self._lock:
-                self._live[row["id"]] = live
-                self._adopt(live, adopted.get(row["id"], []))
-            logger.info("resumed work %s (id %d)", row["name"], row["id"])
-        if rows:
-            with self._lock:
-                self._dispatch()
+        return adopted
 
     def _end_interrupted_store(self, row: dict[str, Any]) -> None:
         """Cancel a work whose jobs this engine was storing when it stopped: its missing jobs
         get placeholder rows, cancelled with its open ones in one transaction, so every job
         of the work ends and its readers (counting ``n_jobs`` results) see it end."""
         work_id, n_jobs = int(row["id"]), int(row["n_jobs"])
-        with self._lock:
-            live = self._live_from_row(row)  # notes whether other works take its results
-            with self.db.begin() as conn:
-                stored = q.store_unstored_jobs(conn, work_id, n_jobs)
-                message = (
-                    f"the engine stopped while storing this work's jobs ({stored} of {n_jobs} "
-                    "stored): run the workflow again; its finished jobs are reused"
+        live = self.live_from_row(row)  # notes whether other works take its results
+        with self._db.begin() as conn:
+            stored = q.store_unstored_jobs(conn, work_id, n_jobs)
+            message = (
+                f"the engine stopped while storing this work's jobs ({stored} of {n_jobs} "
+                "stored): run the workflow again; its finished jobs are reused"
+            )
+            cancelled = q.cancel_open_jobs(conn, work_id, message)
+            cascaded: list[tuple[int, Any]] = []
+            if cancelled and work_id in self._memory.upstream_works:
+                cascaded, _ = dataflow.cascade(
+                    conn,
+                    {r.job_id: (JobState.CANCELLED.value, message) for r in cancelled},
                 )
-                cancelled = q.cancel_open_jobs(conn, work_id, message)
-                cascaded: list[tuple[int, Any]] = []
-                if cancelled and work_id in self._upstream_works:
-                    cascaded, _ = dataflow.cascade(
-                        conn,
-                        {r.job_id: (JobState.CANCELLED.value, message) for r in cancelled},
-                    )
-                q.set_work_status(conn, work_id, WorkState.CANCELLED.value, finished=True)
-                q.set_storing_by(conn, work_id, None)
-            self._store_errors[work_id] = message
+            q.set_work_status(conn, work_id, WorkState.CANCELLED.value, finished=True)
+            q.set_storing_by(conn, work_id, None)
+        self._memory.store_errors[work_id] = message
         logger.warning("work %s (id %d) cancelled: %s", live.spec.name, work_id, message)
-        self._announce(work_destination(work_id), cancelled)
+        self._announcer.announce(work_destination(work_id), cancelled)
         for other, record in cascaded:
-            self._announce(work_destination(other), [record])
+            self._announcer.announce(work_destination(other), [record])
 
     def _runners_outlive_engine(self, row: Any) -> bool:
         """True when the work's backend runs jobs that survive this engine (e.g. Slurm)."""
         name = json.loads(row["options"]).get("backend") or "local"
         try:
-            return self.backend(name).handles_outlive_engine
+            return self._backends.get(name).handles_outlive_engine
         except (ConfigError, BackendError) as exc:
             logger.error("work %d: backend %s unavailable after restart: %s", row["id"], name, exc)
             return False
@@ -131,58 +171,68 @@ class RecoveryMixin:
         """Take back jobs that kept running on the backend while the engine was away."""
         if not jobs:
             return
-        backend = self.backend(live.spec.backend)
-        spec = self._remote_spec(live) if backend.runs_remotely else live.spec
+        backend = self._backends.get(live.spec.backend)
+        remote = backend.runs_remotely
+        spec = self._dispatcher.remote_spec(live) if remote else live.spec
         for job_id, idx, attempts, payload, handle in jobs:
-            attempt = max(1, int(attempts))
-            self._active[job_id] = (spec.work_id, attempt, payload)
-            self._handles[job_id] = handle
-            live.idx_of[job_id] = idx
-            if backend.runs_remotely:
-                self._remote[job_id] = RemoteJob(
-                    job_id, attempt, handle, spec.backend, spec.timeout, 0.0
+            self._memory.attempts.add(
+                Attempt(
+                    job_id,
+                    spec.work_id,
+                    max(1, int(attempts)),
+                    payload,
+                    handle,
+                    spec.backend,
+                    remote,
+                    spec.timeout,
+                    0.0,
                 )
-        if backend.runs_remotely:
-            self.monitor.start()
+            )
+            live.idx_of[job_id] = idx
+        if remote:
+            self._watch_remote()
         logger.info("work %s: %d running jobs adopted from the backend", spec.name, len(jobs))
 
-    def _scan_loop(self) -> None:
+    def _scan_loop(self, stop: threading.Event, dispatch: Callable[[], None]) -> None:
         """Pick up running works that other engines (or servers) created; drop ended ones."""
-        while not self._stop.wait(self.settings.scan_interval):
+        while not stop.wait(self._settings.scan_interval):
             try:
-                self._scan_once()
-                with self._lock:  # jobs a failed dispatch left queued
-                    self._dispatch_guarded()
-            except Exception:  # keep scanning; the next round retries
-                logger.exception("engine %s: scanning for works failed", self.engine_id)
-
-    def _scan_once(self) -> None:
-        with self.db.connect() as conn:
-            running = {
-                int(r["id"]): dict(r)
-                for r in conn.execute(
-                    select(q.works).where(q.works.c.status == WorkState.RUNNING.value)
-                ).mappings()
-            }
-        with self._lock:
-            if self._closed:
+                with self._db.connect() as conn:
+                    running = {
+                        int(r["id"]): dict(r)
+                        for r in conn.execute(
+                            select(q.works).where(q.works.c.status == WorkState.RUNNING.value)
+                        ).mappings()
+                    }
+                self._loop.call(self._apply_scan, running)
+                dispatch()  # jobs a failed dispatch left queued
+            except LoopStopped:
                 return
-            for work_id in [w for w in self._live if w not in running]:
-                if not any(a[0] == work_id for a in self._active.values()):
-                    del self._live[work_id]  # ended elsewhere (another engine, a cancel)
-            added = False
-            for work_id, row in running.items():
-                live = self._live.get(work_id)
-                if live is None:
-                    live = self._live_from_row(row)
-                    self._live[work_id] = live
-                if live.page_after is None and not live.pending and not live.retries:
-                    live.page_after = -1  # look (again) for pending jobs in the DB
-                    added = True
-            if added:
-                self._dispatch()
+            except Exception:  # keep scanning; the next round retries
+                logger.exception("engine %s: scanning for works failed", self._engine_id)
 
-    def _live_from_row(self, row: dict[str, Any]) -> LiveWork:
+    def _apply_scan(self, running: dict[int, dict[str, Any]]) -> None:
+        """Loop thread: forget works that ended elsewhere, take up the new ones."""
+        memory = self._memory
+        if memory.closed:
+            return
+        busy = {a.work_id for a in memory.attempts.snapshot()}
+        for work_id in [w for w in memory.works if w not in running]:
+            if work_id not in busy:
+                del memory.works[work_id]  # ended elsewhere (another engine, a cancel)
+        added = False
+        for work_id, row in running.items():
+            live = memory.works.get(work_id)
+            if live is None:
+                live = self.live_from_row(row)
+                memory.works[work_id] = live
+            if live.page_after is None and not live.pending and not live.retries:
+                live.page_after = -1  # look (again) for pending jobs in the DB
+                added = True
+        if added:
+            self._dispatcher.dispatch()
+
+    def live_from_row(self, row: dict[str, Any]) -> LiveWork:
         """Rebuild a work's in-memory state from its stored row and options."""
         options = json.loads(row["options"])
         sha = row["archive_sha"]
@@ -192,8 +242,8 @@ class RecoveryMixin:
             function=row["function"],
             script=row["script"],
             archive_sha=sha,
-            archive_file=self.archive_file(sha) if sha else None,
-            cache_dir=str(self.settings.cache_dir),
+            archive_file=self._archive_file(sha) if sha else None,
+            cache_dir=str(self._settings.cache_dir),
             serializer=options.get("serializer", "json"),
             timeout=options.get("timeout"),
             retries=options.get("retries", 2),
@@ -206,7 +256,7 @@ class RecoveryMixin:
             when=row.get("when_predicate"),
             when_arg=options.get("when_arg"),
         )
-        with self.db.connect() as conn:
+        with self._db.connect() as conn:
             upstream = (
                 conn.execute(
                     select(dataflow.edges.c.upstream_work_id).where(
@@ -222,7 +272,7 @@ class RecoveryMixin:
                 .limit(1)
             ).first()
         if has_dependents is not None:
-            self._upstream_works.add(int(row["id"]))
+            self._memory.upstream_works.add(int(row["id"]))
         live = LiveWork(
             spec=spec,
             n_jobs=row["n_jobs"],

@@ -20,7 +20,7 @@ from tasklift.errors import ConfigError, NotFoundError, PermissionDeniedError
 from tasklift.service.principal import Principal
 
 if TYPE_CHECKING:
-    from tasklift.engine.core import Engine
+    from tasklift.engine.engine import Engine
 
 __all__ = [
     "OwnerLookup",

@@ -11,7 +11,7 @@ from tasklift.service.principal import Principal
 from tasklift.service.sessions import COOKIE, SAFE_METHODS, check_same_origin, session_store
 
 if TYPE_CHECKING:
-    from tasklift.engine.core import Engine
+    from tasklift.engine.engine import Engine
     from tasklift.service.access import WorkflowFacts
     from tasklift.service.auth import Authenticator
     from tasklift.settings import Settings

@@ -22,7 +22,7 @@ from tasklift.errors import ConfigError
 from tasklift.service.access import OwnerLookup
 
 if TYPE_CHECKING:
-    from tasklift.engine.core import Engine
+    from tasklift.engine.engine import Engine
     from tasklift.records import JobSpec, WorkSpec
     from tasklift.service.auth import Authenticator
     from tasklift.settings import Settings
@@ -74,8 +74,8 @@ class JobAPIServer:
     def __init__(self, engine: Engine, settings: Settings) -> None:
         from fastapi import FastAPI
 
-        from tasklift.service.app import API_PREFIX, install_error_handlers
         from tasklift.service.auth import Authenticator
+        from tasklift.service.errors import API_PREFIX, install_error_handlers
         from tasklift.service.routes import archives, jobs
 
         self._engine = engine

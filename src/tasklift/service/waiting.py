@@ -27,7 +27,7 @@ from tasklift.service.access import visible_work
 from tasklift.states import WORK_TERMINAL, JobState
 
 if TYPE_CHECKING:
-    from tasklift.engine.core import Engine
+    from tasklift.engine.engine import Engine
     from tasklift.service.principal import Principal
 
 __all__ = ["RECHECK", "ResultFollower", "ResultWaiter", "page_dict", "read_results"]

@@ -27,7 +27,7 @@ from tasklift.errors import ArchiveError, ConflictError, NotFoundError, Permissi
 from tasklift.service.deps import EngineDep, PrincipalDep, SettingsDep, UserDep
 
 if TYPE_CHECKING:
-    from tasklift.engine.core import Engine
+    from tasklift.engine.engine import Engine
     from tasklift.service.principal import Principal
 
 __all__ = ["router"]

@@ -36,7 +36,7 @@ from tasklift.service.waiting import ResultFollower, ResultWaiter, page_dict, re
 from tasklift.states import WORK_TERMINAL
 
 if TYPE_CHECKING:
-    from tasklift.engine.core import Engine, WorkRecord
+    from tasklift.engine.engine import Engine, WorkRecord
 
 router = APIRouter(prefix="/works", tags=["works"])
 
