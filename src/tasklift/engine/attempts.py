@@ -10,7 +10,7 @@ entries (``get``) or a snapshot (``snapshot``), which the GIL keeps consistent.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 __all__ = ["Attempt", "Attempts"]
@@ -104,6 +104,19 @@ class Attempts:
         """The started attempts still active, taken from the notes (loop thread)."""
         started, self._started = self._started, {}
         return [(j, n) for j, n in started.items() if self.current(j, n) is not None]
+
+    def remote(self) -> list[Attempt]:
+        """The active attempts of remote runners (any thread)."""
+        return [a for a in list(self._by_job.values()) if a.remote]
+
+    def heartbeats(self, job_ids: Iterable[int]) -> dict[int, float]:
+        """The last heartbeat of each job's runner, where one was heard (any thread)."""
+        found = {}
+        for job_id in job_ids:
+            attempt = self._by_job.get(job_id)
+            if attempt is not None and attempt.heartbeat is not None:
+                found[job_id] = attempt.heartbeat
+        return found
 
     def beat(self, job_id: int) -> float:
         """A remote runner of ``job_id`` is alive now (any thread)."""

@@ -17,6 +17,7 @@ API are handed in by a composition root (:mod:`tasklift.embedded`, ``tasklift.se
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 import threading
@@ -39,7 +40,7 @@ from tasklift.engine.backend_pool import BackendFactory, BackendPool
 from tasklift.engine.dispatch import Dispatcher
 from tasklift.engine.job_api_access import JobAPIAccess, JobTokenIssuer, StartedJobAPI
 from tasklift.engine.live import Memory, WorkRecord
-from tasklift.engine.loop import EngineLoop
+from tasklift.engine.loop import EngineLoop, LoopStopped
 from tasklift.engine.monitor import Monitor
 from tasklift.engine.outcomes import HeldOutcomes, OutcomeRecorder
 from tasklift.engine.recovery import Recovery, close_orphaned_workflows
@@ -51,6 +52,8 @@ from tasklift.settings import Settings
 from tasklift.states import WorkflowState
 
 __all__ = ["Engine", "WorkRecord"]
+
+logger = logging.getLogger(__name__)
 
 JobAPIStarter = Callable[["Engine"], StartedJobAPI]
 """Serves the job API for an embedded engine's remote runners (started on first use)."""
@@ -316,16 +319,11 @@ class Engine:
 
     def last_heartbeats(self, job_ids: Sequence[int]) -> dict[int, float]:
         """The last heartbeat this engine heard from each job's runner (if any)."""
-        found = {}
-        for job_id in job_ids:
-            attempt = self._memory.attempts.get(job_id)
-            if attempt is not None and attempt.heartbeat is not None:
-                found[job_id] = attempt.heartbeat
-        return found
+        return self._memory.attempts.heartbeats(job_ids)
 
     def remote_jobs(self) -> list[Attempt]:
         """Attempts handed to remote backends and not yet reported (for the monitor)."""
-        return [a for a in self._memory.attempts.snapshot() if a.remote]
+        return self._memory.attempts.remote()
 
     # ------------------------------------------------------------------ the backends' sink
     def record_outcomes(self, outcomes: list[Outcome], *, hold: bool = True) -> None:
@@ -345,7 +343,13 @@ class Engine:
         self._works.announce_all(self._recorder.record(outcomes))
 
     def _retry_held(self, held: list[Outcome]) -> bool:
-        return self._loop.call(self._works.retry_held, self._recorder, self._held, held)
+        """The held-outcome thread's try; True ends it (done, or the engine closed)."""
+        try:
+            return self._loop.call(self._works.retry_held, self._recorder, self._held, held)
+        except LoopStopped:
+            if held:
+                logger.error("engine closed with %d outcomes the database never took", len(held))
+            return True
 
     def requeue(self, jobs: list[tuple[int, int]]) -> None:
         """Put jobs a backend gave back into the queue, without charging an attempt."""
