@@ -6,7 +6,7 @@ import logging
 import time
 
 from tasklift.bus.base import work_destination
-from tasklift.bus.stomp import is_reference
+from tasklift.bus.stomp_codec import is_reference
 from tasklift.records import ResultRecord
 
 

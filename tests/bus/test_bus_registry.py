@@ -7,7 +7,8 @@ import pytest
 from tasklift.bus import registry
 from tasklift.bus.embedded import EmbeddedBus
 from tasklift.bus.registry import bus_from_url, known_bus_schemes, mask_bus_url
-from tasklift.bus.stomp import StompBus, parse_stomp_url
+from tasklift.bus.stomp import StompBus
+from tasklift.bus.stomp_codec import parse_stomp_url
 from tasklift.errors import ConfigError
 
 

@@ -1,16 +1,17 @@
-"""The STOMP bus's frame bodies: batches, references for large results, splitting."""
+"""The STOMP bus's frame bodies (``bus.stomp_codec``): batches, references, splitting."""
 
 from __future__ import annotations
 
 import orjson
 import pytest
 
-from tasklift.bus.stomp import (
+from tasklift.bus.base import MissedMessages
+from tasklift.bus.stomp_codec import (
     INLINE_LIMIT,
     REFERENCE_IDX,
-    STALE,
     decode_batch,
     encode_batch,
+    is_name,
     is_reference,
 )
 from tasklift.records import ResultRecord
@@ -95,6 +96,11 @@ def test_garbage_is_a_value_error(body):
         decode_batch(body)
 
 
-def test_stale_is_a_reference_that_no_job_has():
-    assert is_reference(STALE) and STALE.job_id == 0 and STALE.done_seq == 0
+def test_only_decoded_records_are_references():
     assert not is_reference({"idx": -1})
+    assert not is_reference(MissedMessages("reconnected"))  # an event, not a record
+
+
+def test_destination_names_are_words_joined_by_dots():
+    assert is_name("work.42") and is_name("tasklift-test_1.prod")
+    assert not any(is_name(bad) for bad in ("", "work..1", "work.*", "/topic/x", "work/1"))

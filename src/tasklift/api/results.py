@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tasklift.bus.base import work_destination
+from tasklift.bus.base import MissedMessages, work_destination
 from tasklift.engine.state import needed_successes
 from tasklift.errors import (
     DatabaseUnavailable,
@@ -88,7 +88,10 @@ class AsyncResult:
     def _on_messages(self, messages: Sequence[Any]) -> None:
         with self._cond:
             for record in messages:
-                self._add(record)
+                if isinstance(record, MissedMessages):
+                    self._stale = True  # the bus may have lost some: re-read
+                else:
+                    self._add(record)
             # wake a waiter only when it has what it waits for (or must re-read): a waiter
             # woken for every result of a big work would fight the publishing thread for the
             # GIL once per result

@@ -1,21 +1,19 @@
 """The ``embedded`` bus: in-process delivery, synchronous on the publisher's thread.
 
 URL format: ``embedded://``. Supports: batches, per-destination fan-out. No persistence
-(the DB is the source of truth), no cross-process delivery.
+(the DB is the source of truth), no cross-process delivery; nothing is ever missed, so it never
+delivers a ``MissedMessages`` event.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Sequence
 from typing import Any
 
-from tasklift.bus.base import Bus, Callback, Subscription
+from tasklift.bus.base import Bus, Callback, Subscription, deliver
 
 __all__ = ["EmbeddedBus"]
-
-logger = logging.getLogger(__name__)
 
 
 class _EmbeddedSubscription(Subscription):
@@ -41,11 +39,7 @@ class EmbeddedBus(Bus):
             return
         with self._lock:
             subs = list(self._subs.get(destination, ()))
-        for sub in subs:
-            try:
-                sub.callback(messages)
-            except Exception:  # one broken subscriber must not stop the others
-                logger.exception("subscriber of %s raised; it keeps its subscription", destination)
+        deliver((sub.callback for sub in subs), messages, destination)
 
     def subscribe(self, destination: str, callback: Callback) -> Subscription:
         """Register ``callback`` for ``destination``."""

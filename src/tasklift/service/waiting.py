@@ -4,8 +4,9 @@ A waiting request listens on ``engine.local_bus`` (this server's engine announce
 batch there right after its commit, with no broker round trip) and, once it has waited
 ``RECHECK`` seconds, on ``engine.bus`` too (results that other engines committed). A batch that
 continues the caller's cursor without a gap is answered as it is (it was committed before it was
-announced); anything else (a gap, a reference, a reconnect marker, a silent ``RECHECK``) re-reads
-the database, which stays the source of truth.
+announced); anything else (a gap, a reference, a :class:`~tasklift.bus.base.MissedMessages` event
+from a bus that reconnected or from a waiter that stopped buffering, a silent ``RECHECK``)
+re-reads the database, which stays the source of truth.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from tasklift.bus.base import Subscription, work_destination
+from tasklift.bus.base import MissedMessages, Subscription, work_destination
 from tasklift.db import queries as q
 from tasklift.records import ResultRecord
 from tasklift.service.access import visible_work
@@ -40,7 +41,7 @@ also listens on the bus for results that other engines commit)."""
 
 MAX_BUFFERED = 20_000
 """Announced records a waiter keeps for a slow reader; beyond, it forgets them and re-reads."""
-_RE_READ = object()
+_TOO_MANY = MissedMessages(f"more than {MAX_BUFFERED} announced records waited for a reader")
 _TERMINAL = frozenset(s.value for s in WORK_TERMINAL)
 _WORK_STATE = select(q.works.c.status, q.works.c.last_seq, q.works.c.n_jobs)
 
@@ -69,7 +70,7 @@ class ResultWaiter:
 
     def _arrived(self, messages: list[Any]) -> None:
         if len(self._messages) + len(messages) > MAX_BUFFERED:
-            self._messages = [_RE_READ]  # the database has them all
+            self._messages = [_TOO_MANY]  # the database has them all
         else:
             self._messages.extend(messages)
         self._event.set()
@@ -136,8 +137,10 @@ def _contiguous(messages: list[Any], since: int) -> list[ResultRecord] | None:
     """The announced records that continue ``since`` without a gap; None: re-read the DB."""
     fresh: dict[int, ResultRecord] = {}
     for m in messages:
-        if not isinstance(m, ResultRecord) or m.idx < 0 or m.done_seq <= 0:
-            return None  # a reference, a reconnect marker or an unnumbered record
+        if not isinstance(m, ResultRecord):
+            return None  # MissedMessages: the bus may have lost some
+        if m.idx < 0 or m.done_seq <= 0:
+            return None  # a reference or an unnumbered record
         if m.done_seq > since:
             fresh[m.done_seq] = m
     records = [fresh[seq] for seq in sorted(fresh)]
