@@ -10,6 +10,19 @@ set -euo pipefail
 
 port="${STOMP_PORT:-61613}"
 wait_s="${STOMP_WAIT:-30}"
+plugins_file="${RABBITMQ_ENABLED_PLUGINS_FILE:-/etc/rabbitmq/enabled_plugins}"
+
+# rabbitmq-plugins run as root writes the enabled-plugins file with root's umask; the node runs as
+# the rabbitmq user and refuses to boot when it cannot read that file (eacces). Keep it readable.
+umask 022
+readable_plugins_file() {
+    if [[ $EUID -eq 0 && -e "$plugins_file" ]]; then
+        chmod a+r "$plugins_file"
+        if id rabbitmq >/dev/null 2>&1; then
+            chown rabbitmq:rabbitmq "$plugins_file"
+        fi
+    fi
+}
 
 port_open() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && exec 3>&- 3<&-
@@ -22,6 +35,7 @@ for tool in rabbitmqctl rabbitmq-server rabbitmq-plugins; do
     fi
 done
 
+readable_plugins_file
 if ! rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
     echo "enable-stomp: starting RabbitMQ"
     rabbitmq-server -detached
@@ -42,6 +56,7 @@ fi
 
 if ! port_open "$port"; then
     rabbitmq-plugins -q enable rabbitmq_stomp >/dev/null
+    readable_plugins_file
 fi
 
 deadline=$((SECONDS + wait_s))
