@@ -21,12 +21,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tasklift import archive
 from tasklift.archive import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_FILES,
     check_archive,
     ensure_extracted,
+    extract,
     pack_source,
     safe_extract,
     sha256_file,
@@ -215,7 +215,7 @@ def test_written_bytes_are_counted_even_if_headers_got_past(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Second guard: with the header check bypassed, the bytes really written stop extraction."""
-    monkeypatch.setattr(archive, "_scan", lambda tar, limits: list(tar))
+    monkeypatch.setattr(extract, "scan", lambda tar, limits: list(tar))
     bomb = split_bomb(tmp_path / "b.tar.gz")
     with pytest.raises(ArchiveError, match=r"5\.0 MB written at 'part4\.bin'"):
         safe_extract(bomb, tmp_path / "out", max_bytes=LIMIT_MB * MB)
