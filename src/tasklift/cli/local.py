@@ -135,15 +135,17 @@ WORK_KEYS = (
 )  # fmt: skip
 
 
-def _print_show(
-    wf: dict[str, Any],
-    works: list[dict[str, Any]],
-    failed: dict[int, list[dict[str, Any]]],
-    *,
-    as_json: bool,
-    wide: bool,
-) -> None:
-    info = {
+_FAILURE_KEYS = (
+    "id", "idx", "key", "state", "attempts", "error_type", "error_message", "traceback",
+)  # fmt: skip
+_SHOWN_LABELS = (
+    "function", "arguments", "created", "finished", "archive", "source_dir", "backend", "init_env",
+)  # fmt: skip
+
+
+def _show_info(wf: dict[str, Any]) -> dict[str, Any]:
+    """The workflow fields ``tasklift show`` prints, times made readable."""
+    return {
         "id": wf["id"],
         "name": wf["name"],
         "status": wf["status"],
@@ -159,62 +161,30 @@ def _print_show(
         "error": wf["error"],
         "result": wf["result"],
     }
-    if as_json:
-        out = dict(info)
-        out["works"] = [
-            {key: work.get(key, 0) for key in WORK_KEYS}
-            | {
-                "failures": [
-                    {
-                        key: job.get(key)
-                        for key in (
-                            "id", "idx", "key", "state", "attempts", "error_type",
-                            "error_message", "traceback",
-                        )
-                    }
-                    for job in failed[work["id"]]
-                ]
-            }
-            for work in works
-        ]  # fmt: skip
-        echo_json(out)
-        return
-    out_console = console(wide)
-    out_console.print(
-        f"[bold]workflow {info['id']}[/bold] {info['name']}  status: [bold]{info['status']}[/bold]",
-        highlight=False,
-    )
-    arguments = info["arguments"]
+
+
+def _show_arguments(arguments: Any) -> Any:
+    """A workflow's call arguments as one line (``a, b, k=v``), at most 300 characters."""
     if isinstance(arguments, dict) and set(arguments) <= {"args", "kwargs"}:
         parts = [render_value(a, 80) for a in arguments.get("args") or []]
         parts += [f"{k}={render_value(v, 80)}" for k, v in (arguments.get("kwargs") or {}).items()]
         text = ", ".join(parts)
-        info["arguments"] = text if len(text) <= 300 else text[:297] + "..."
-    elif arguments is not None:
-        info["arguments"] = render_value(arguments, 300)
-    for label in (
-        "function",
-        "arguments",
-        "created",
-        "finished",
-        "archive",
-        "source_dir",
-        "backend",
-        "init_env",
-    ):
-        if info[label] not in (None, ""):
-            out_console.print(f"  {label}: {info[label]}", highlight=False, markup=False)
-    if info["error"]:
-        out_console.print(
-            f"  error: {info['error'].strip().splitlines()[-1]}", highlight=False, markup=False
-        )
-    if info["status"] == "finished" and info["result"] is not None:
-        out_console.print(
-            f"  result: {render_value(info['result'], 300)}", highlight=False, markup=False
-        )
+        return text if len(text) <= 300 else text[:297] + "..."
+    if arguments is not None:
+        return render_value(arguments, 300)
+    return None
+
+
+def _work_json(work: dict[str, Any], failures: list[dict[str, Any]]) -> dict[str, Any]:
+    """One work of ``tasklift show --json``: its counters and its failed jobs."""
+    jobs = [{key: job.get(key) for key in _FAILURE_KEYS} for job in failures]
+    return {key: work.get(key, 0) for key in WORK_KEYS} | {"failures": jobs}
+
+
+def _works_table(works: list[dict[str, Any]]) -> Table:
+    """One row per work: its counters by state."""
     table = Table(title="works")
-    columns = ("seq", "id", "name", "status", "jobs", *COUNT_COLUMNS, "reused")
-    for column in columns:
+    for column in ("seq", "id", "name", "status", "jobs", *COUNT_COLUMNS, "reused"):
         table.add_column(column)
     for work in works:
         table.add_row(
@@ -226,7 +196,41 @@ def _print_show(
             *(str(work.get(f"n_{name}", 0)) for name in COUNT_COLUMNS),
             str(work["n_reused"]),
         )
-    out_console.print(table)
+    return table
+
+
+def _print_show(
+    wf: dict[str, Any],
+    works: list[dict[str, Any]],
+    failed: dict[int, list[dict[str, Any]]],
+    *,
+    as_json: bool,
+    wide: bool,
+) -> None:
+    info = _show_info(wf)
+    if as_json:
+        out = dict(info)
+        out["works"] = [_work_json(work, failed[work["id"]]) for work in works]
+        echo_json(out)
+        return
+    out_console = console(wide)
+    out_console.print(
+        f"[bold]workflow {info['id']}[/bold] {info['name']}  status: [bold]{info['status']}[/bold]",
+        highlight=False,
+    )
+    info["arguments"] = _show_arguments(info["arguments"])
+    for label in _SHOWN_LABELS:
+        if info[label] not in (None, ""):
+            out_console.print(f"  {label}: {info[label]}", highlight=False, markup=False)
+    if info["error"]:
+        out_console.print(
+            f"  error: {info['error'].strip().splitlines()[-1]}", highlight=False, markup=False
+        )
+    if info["status"] == "finished" and info["result"] is not None:
+        out_console.print(
+            f"  result: {render_value(info['result'], 300)}", highlight=False, markup=False
+        )
+    out_console.print(_works_table(works))
     for work in works:
         for job in failed[work["id"]]:
             out_console.print(
