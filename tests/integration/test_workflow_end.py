@@ -8,9 +8,10 @@ import pytest
 import workfns
 from sqlalchemy import select
 
-from tasklift import Workflow, WorkState
+from tasklift import Workflow, WorkflowState, WorkState
 from tasklift.api.run import embedded_engine
 from tasklift.db.models import Job, Work
+from tasklift.db.models import Workflow as WorkflowRow
 from tasklift.settings import Settings
 
 
@@ -34,4 +35,40 @@ def test_a_workflow_that_raises_cancels_its_running_works(
     assert works == [(WorkState.CANCELLED.value, 4)]  # was: running, with its jobs queued
     assert [s for s, _ in states] == ["cancelled"] * 4
     assert all("its workflow failed: " in m and "stopped by hand" in m for _, m in states)
+    assert time.monotonic() - started < 30  # the running jobs were stopped, not waited for
+
+
+def test_a_cancelled_workflow_is_marked_before_its_works_are_cancelled(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever sees a work end cancelled finds its workflow cancelled already, and why.
+
+    (A client that did not, reported a plain work failure instead of the cancel reason.)
+    """
+    engine = embedded_engine(settings)
+    seen: list[tuple[str, str | None]] = []
+    cancel_work = engine.cancel_work
+
+    def watched_cancel(work_id: int, message: str = "cancelled by the user") -> int:
+        with engine.db.connect() as conn:
+            row = conn.execute(select(WorkflowRow.status, WorkflowRow.error)).one()
+        seen.append((row.status, row.error))
+        return cancel_work(work_id, message)
+
+    def wf():
+        workfns.sleep_then(
+            group_kwargs=[{"x": i, "delay": 60.0} for i in range(2)], return_work=True
+        )
+        with engine.db.connect() as conn:
+            [workflow_id] = conn.execute(select(WorkflowRow.id)).scalars().all()
+        monkeypatch.setattr(engine, "cancel_work", watched_cancel)
+        engine.finish_workflow(workflow_id, WorkflowState.CANCELLED, None, "cancelled by a test")
+
+    started = time.monotonic()
+    Workflow(func=wf, settings=settings).run()
+    assert seen == [(WorkflowState.CANCELLED.value, "cancelled by a test")]
+    with engine.db.connect() as conn:
+        assert conn.execute(select(Work.status)).scalars().all() == [WorkState.CANCELLED.value]
+        messages = conn.execute(select(Job.error_message)).scalars().all()
+    assert messages == ["its workflow cancelled: cancelled by a test"] * 2
     assert time.monotonic() - started < 30  # the running jobs were stopped, not waited for

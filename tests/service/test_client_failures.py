@@ -118,6 +118,7 @@ def test_a_cancelled_workflow_raises_its_cancel_reason(server, tmp_path):
 
     canceller = threading.Thread(target=cancel_once_running, daemon=True)
     canceller.start()
+    started = time.monotonic()
     try:
         with pytest.raises(WorkflowFailedError, match="cancelled: cancelled by alice at") as got:
             Workflow(func=wf, service=server.url, settings=_settings(tmp_path, token)).run()
@@ -125,6 +126,12 @@ def test_a_cancelled_workflow_raises_its_cancel_reason(server, tmp_path):
         canceller.join(timeout=90)
     assert not errors, errors
     assert got.value.status == "cancelled"
+    assert time.monotonic() - started < 20  # the running jobs were stopped, not waited for
+    with server.client(token) as c:  # the cancel, not the client's report of it, is stored
+        [stored] = c.get("/api/v1/workflows").json()["data"]
+        works = c.get(f"/api/v1/workflows/{stored['id']}/works").json()["data"]
+    assert (stored["status"], stored["error"]) == ("cancelled", "cancelled by alice")
+    assert [w["status"] for w in works] == ["cancelled"]
 
 
 REMOTE = """

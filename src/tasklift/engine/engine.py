@@ -211,16 +211,17 @@ class Engine:
         """Store the end of a workflow run.
 
         A workflow that failed or was cancelled (its function raised, Ctrl-C included) leaves
-        nothing running: its running works are cancelled first, their open jobs too.
+        nothing running: its running works are cancelled too, their open jobs with them. The
+        workflow's end is stored first, so whoever sees a work end can read why.
         """
+        with self.db.begin() as conn:
+            q.finish_workflow(conn, workflow_id, status.value, result, error)
         if status in (WorkflowState.FAILED, WorkflowState.CANCELLED):
             with self.db.connect() as conn:
                 running = q.running_work_ids(conn, workflow_id)
             reason = (error or "").strip().splitlines()[-1:] or [status.value]
             for work_id in running:
                 self.cancel_work(work_id, f"its workflow {status.value}: {reason[0][:300]}")
-        with self.db.begin() as conn:
-            q.finish_workflow(conn, workflow_id, status.value, result, error)
 
     def store_archive(self, packed: PackedArchive) -> str:
         """Keep an archive in the content store (once per hash); return its path."""

@@ -292,16 +292,21 @@ def get_dag(workflow_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> 
 
 @router.post("/{workflow_id}/cancel")
 def cancel_workflow(workflow_id: IdPath, engine: EngineDep, user: UserDep) -> WorkflowPublic:
-    """Cancel every running work of the workflow and mark it cancelled."""
+    """Mark the workflow cancelled, then cancel every work of it still running.
+
+    The mark comes first: a client whose work ends cancelled finds the workflow cancelled (and
+    by whom) when it reports the end of its workflow function, not a plain work failure.
+    """
     with engine.db.connect() as conn:
         row = visible_workflow(conn, user, workflow_id)
-        running = q.running_work_ids(conn, workflow_id)
-    for work_id in running:
-        engine.cancel_work(int(work_id))
     if row["status"] not in {s.value for s in WORKFLOW_TERMINAL}:
         engine.finish_workflow(
             workflow_id, WorkflowState.CANCELLED, None, f"cancelled by {user.user}"
-        )
+        )  # marks it, then cancels its running works
+    with engine.db.connect() as conn:  # an ended workflow may still have works running
+        running = q.running_work_ids(conn, workflow_id)
+    for work_id in running:
+        engine.cancel_work(int(work_id))
     return get_workflow(workflow_id, engine, user)
 
 
