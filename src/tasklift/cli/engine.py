@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from typing import Any
 
 import click
 
-from tasklift.cli.root import cli, with_options
-from tasklift.cli.secret_options import read_secret_file, refuse_secrets_in_argv
+from tasklift.cli.root import cli
+from tasklift.cli.secret_options import server_settings
 from tasklift.db.session import mask_url
 from tasklift.settings import Settings
 
@@ -35,30 +36,15 @@ __all__ = ["engine_command"]
 )
 @click.pass_obj
 def engine_command(
-    settings: Settings,
-    db_url: str | None,
-    name: str | None,
-    workers: int | None,
-    db_url_file: str | None,
-    runner_users: tuple[str, ...],
-    no_runner_isolation: bool,
+    settings: Settings, name: str | None, workers: int | None, **shared: Any
 ) -> None:
     """Run jobs of the database's works next to the server; never a job another engine took."""
+    # shared: --db, --db-url-file, --runner-user, --no-runner-isolation (see server_settings)
     from tasklift.embedded import build_engine
     from tasklift.service.app import check_schema
     from tasklift.service.runners import backend_factory
 
-    if db_url_file:
-        db_url = read_secret_file(db_url_file, "database URL")
-    settings = with_options(
-        settings,
-        db_url=db_url,
-        engine_name=name,
-        workers=workers,
-        runner_user=",".join(runner_users) or None,
-        isolate_runners=False if no_runner_isolation else None,
-    )
-    refuse_secrets_in_argv(db=settings.db_url, bus=settings.bus)
+    settings = server_settings(settings, engine_name=name, workers=workers, **shared)
     check_schema(settings)
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s %(message)s")
     backends = backend_factory(settings, lambda: engine.db, who="tasklift engine")

@@ -1,5 +1,8 @@
 """Secrets of ``tasklift server`` and ``tasklift engine``: never on the command line.
 
+Both commands turn their database, bus and runner-identity options into settings the same way:
+:func:`server_settings`.
+
 A process's command line is readable by every local account (``/proc/PID/cmdline``, with or
 without ``hidepid``), jobs included. Database and broker URLs that carry a password come from the
 server's environment (``TASKLIFT_DB_URL``, ``TASKLIFT_BUS``) or a file only its owner can read
@@ -13,9 +16,11 @@ import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from tasklift.cli.root import with_options
 from tasklift.errors import ConfigError
+from tasklift.settings import Settings
 
-__all__ = ["read_secret_file", "refuse_secrets_in_argv"]
+__all__ = ["read_secret_file", "refuse_secrets_in_argv", "server_settings"]
 
 
 def _passwords(url: str | None) -> set[str]:
@@ -69,3 +74,39 @@ def read_secret_file(path: str, what: str) -> str:
     if not text:
         raise ConfigError(f"the {what} file {file} is empty")
     return text
+
+
+def server_settings(
+    settings: Settings,
+    *,
+    db_url: str | None,
+    db_url_file: str | None,
+    runner_users: tuple[str, ...],
+    no_runner_isolation: bool,
+    bus_url: str | None = None,
+    bus_url_file: str | None = None,
+    **overrides: object,
+) -> Settings:
+    """The settings of ``tasklift server`` or ``tasklift engine`` from their options.
+
+    URLs come from their files when given, runner identities are joined, the other options
+    (``overrides``, ``None``: not given) are applied; then no URL's password may be on the
+    command line.
+
+    Raises:
+        ConfigError: a secret file is unsafe or unreadable, or a password is in ``sys.argv``.
+    """
+    if db_url_file:
+        db_url = read_secret_file(db_url_file, "database URL")
+    if bus_url_file:
+        bus_url = read_secret_file(bus_url_file, "bus URL")
+    settings = with_options(
+        settings,
+        db_url=db_url,
+        bus=bus_url,
+        runner_user=",".join(runner_users) or None,
+        isolate_runners=False if no_runner_isolation else None,
+        **overrides,
+    )
+    refuse_secrets_in_argv(db=settings.db_url, bus=settings.bus)
+    return settings

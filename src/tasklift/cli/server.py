@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import click
 
-from tasklift.cli.root import cli, with_options
-from tasklift.cli.secret_options import read_secret_file, refuse_secrets_in_argv
+from tasklift.cli.root import cli
+from tasklift.cli.secret_options import server_settings
 from tasklift.db.session import mask_url
 from tasklift.settings import Settings
 
@@ -50,36 +51,15 @@ __all__ = ["server_command"]
 )
 @click.pass_obj
 def server_command(
-    settings: Settings,
-    db_url: str | None,
-    host: str,
-    port: int,
-    workers: int | None,
-    bus_url: str | None,
-    log_level: str,
-    db_url_file: str | None,
-    bus_url_file: str | None,
-    runner_users: tuple[str, ...],
-    no_runner_isolation: bool,
+    settings: Settings, host: str, port: int, workers: int | None, log_level: str, **shared: Any
 ) -> None:
     """Serve the REST API; the scheduler and backends run in this process."""
+    # shared: --db, --bus, --db-url-file, --bus-url-file, --runner-user, --no-runner-isolation
     import uvicorn
 
     from tasklift.service.app import check_schema, create_app
 
-    if db_url_file:
-        db_url = read_secret_file(db_url_file, "database URL")
-    if bus_url_file:
-        bus_url = read_secret_file(bus_url_file, "bus URL")
-    settings = with_options(
-        settings,
-        db_url=db_url,
-        workers=workers,
-        bus=bus_url,
-        runner_user=",".join(runner_users) or None,
-        isolate_runners=False if no_runner_isolation else None,
-    )
-    refuse_secrets_in_argv(db=settings.db_url, bus=settings.bus)
+    settings = server_settings(settings, workers=workers, **shared)
     if not settings.public_url:  # where remote job runners (Dask, Slurm) reach this server
         from tasklift.service.job_api import advertised_host
 
