@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 
 from tasklift.cli import localdb
-from tasklift.cli.output import console, echo_json, render_value, say_source
+from tasklift.cli.output import console, display_options, echo_json, render_value, say_source
 from tasklift.cli.remote import service_for, service_label
 from tasklift.cli.root import cli, db_option
 from tasklift.db.session import mask_url, schema_is_current
@@ -36,8 +36,7 @@ def _when(ts: float | None) -> str:
     help="Only workflows in this state.",
 )
 @click.option("--limit", default=20, show_default=True, help="How many (newest first).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--wide", is_flag=True, help="Never wrap or cut columns to the terminal's width.")
+@display_options
 @db_option
 @click.pass_obj
 def ls_command(
@@ -94,9 +93,8 @@ def _ls_row(row: dict[str, Any]) -> dict[str, Any]:
 
 @cli.command("show")
 @click.argument("workflow_id", type=int)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--failures", default=10, show_default=True, help="Failed jobs to show per work.")
-@click.option("--wide", is_flag=True, help="Never wrap or cut columns to the terminal's width.")
+@display_options
 @db_option
 @click.pass_obj
 def show_command(

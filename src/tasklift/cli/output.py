@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import click
@@ -14,6 +15,7 @@ from rich.console import Console
 
 __all__ = [
     "console",
+    "display_options",
     "echo_json",
     "mask_service_url",
     "readable_refs",
@@ -21,10 +23,20 @@ __all__ = [
     "say_source",
 ]
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 PIPED_WIDTH = 1000
 """Table width when stdout is not a terminal: wide enough that no column is cut."""
 
 REF = "__tasklift_ref__"
+
+
+def display_options(func: F) -> F:
+    """Give a command that prints rows the ``--json`` and ``--wide`` options."""
+    func = click.option(
+        "--wide", is_flag=True, help="Never wrap or cut columns to the terminal's width."
+    )(func)
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(func)
 
 
 def console(wide: bool = False) -> Console:

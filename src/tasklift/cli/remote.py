@@ -19,6 +19,7 @@ from tasklift.api.remote import HttpService
 from tasklift.cli import localdb
 from tasklift.cli.output import (
     console,
+    display_options,
     echo_json,
     mask_service_url,
     readable_refs,
@@ -90,8 +91,7 @@ def login_command(settings: Settings, url: str, token: str) -> None:
 @click.option("--workflow", "is_workflow", is_flag=True, help="The id is a workflow: all works.")
 @click.option("--failed", is_flag=True, help="Only failed (and upstream_failed) jobs.")
 @click.option("--limit", default=100, show_default=True, help="Jobs per work.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--wide", is_flag=True, help="Never wrap or cut columns to the terminal's width.")
+@display_options
 @db_option
 @click.pass_obj
 def jobs_command(
