@@ -17,6 +17,7 @@ from tasklift.errors import ConflictError, PermissionDeniedError, SubmissionErro
 from tasklift.records import WorkSpec
 from tasklift.service.access import visible_workflow
 from tasklift.service.deps import MAX_ID, EngineDep, IdPath, PrincipalDep, UserDep
+from tasklift.service.routes.rows import columns_for
 from tasklift.service.routes.works import work_public
 from tasklift.service.schemas import (
     DagPublic,
@@ -48,31 +49,28 @@ def _dump(name: str, value: Any) -> bytes:
         raise SubmissionError(f"{name} cannot be stored as JSON: {exc}") from None
 
 
+WORKFLOW_COUNTS = ("n_works", "n_jobs", "n_finished", "n_failed", "n_cancelled")
+"""The job counters of a workflow's answer (sums over its works)."""
+
+
 def workflow_public(row: dict[str, Any], totals: dict[str, Any] | None = None) -> WorkflowPublic:
     """Turn a workflow row (plus optional counters) into its API form."""
-    counts = {
-        k: int((totals or {}).get(k) or 0)
-        for k in ("n_works", "n_jobs", "n_finished", "n_failed", "n_cancelled")
-    }
-    return WorkflowPublic(
-        id=row["id"],
-        name=row["name"],
-        owner=row["owner"],
-        status=row["status"],
-        function=row["function"],
-        source_dir=row["source_dir"],
-        archive_sha=row["archive_sha"],
-        archive_size=row["archive_size"],
-        init_env=row["init_env"],
-        backend=row["backend"],
-        fresh=bool(row["fresh"]),
-        created_at=row["created_at"],
-        finished_at=row["finished_at"],
-        error=row["error"],
-        result=_decode(row["result"]),
-        arguments=_decode(row["arguments"]),
-        **counts,
-    )
+    counts = {k: int((totals or {}).get(k) or 0) for k in WORKFLOW_COUNTS}
+    decoded = {"result": _decode(row["result"]), "arguments": _decode(row["arguments"])}
+    columns = columns_for(WorkflowPublic, row, without=(*WORKFLOW_COUNTS, *decoded, "token"))
+    return WorkflowPublic(**columns | decoded | counts | {"fresh": bool(row["fresh"])})
+
+
+def _visible(engine: Any, who: Any, workflow_id: int) -> dict[str, Any]:
+    """The workflow's row, if ``who`` may see it (else NotFoundError)."""
+    with engine.db.connect() as conn:
+        return visible_workflow(conn, who, workflow_id)
+
+
+def _works_of(conn: Any, workflow_id: int) -> list[dict[str, Any]]:
+    """The rows of a workflow's works in submission order."""
+    stmt = select(q.works).where(q.works.c.workflow_id == workflow_id).order_by(q.works.c.seq)
+    return [dict(r) for r in conn.execute(stmt).mappings()]
 
 
 @router.post("", status_code=201)
@@ -208,7 +206,7 @@ def list_workflows(
     stmt = (
         select(
             w,
-            *[totals.c[c] for c in ("n_works", "n_jobs", "n_finished", "n_failed", "n_cancelled")],
+            *[totals.c[c] for c in WORKFLOW_COUNTS],
         )
         .outerjoin(totals, totals.c.workflow_id == w.c.id)
         .where(*conditions)
@@ -241,14 +239,8 @@ def list_works(workflow_id: IdPath, engine: EngineDep, principal: PrincipalDep) 
     """The works of a workflow in submission order."""
     with engine.db.connect() as conn:
         visible_workflow(conn, principal, workflow_id)
-        rows = (
-            conn.execute(
-                select(q.works).where(q.works.c.workflow_id == workflow_id).order_by(q.works.c.seq)
-            )
-            .mappings()
-            .all()
-        )
-    return WorksPublic(data=[work_public(dict(r)) for r in rows], count=len(rows))
+        rows = _works_of(conn, workflow_id)
+    return WorksPublic(data=[work_public(r) for r in rows], count=len(rows))
 
 
 @router.get("/{workflow_id}/dag")
@@ -258,13 +250,7 @@ def get_dag(workflow_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> 
 
     with engine.db.connect() as conn:
         visible_workflow(conn, principal, workflow_id)
-        rows = (
-            conn.execute(
-                select(q.works).where(q.works.c.workflow_id == workflow_id).order_by(q.works.c.seq)
-            )
-            .mappings()
-            .all()
-        )
+        rows = _works_of(conn, workflow_id)
         ids = [r["id"] for r in rows]
         data = conn.execute(select(edges).where(edges.c.work_id.in_(ids))).mappings().all()
         children = (
@@ -286,7 +272,7 @@ def get_dag(workflow_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> 
         if after not in with_inputs:
             out.append(EdgePublic(work_id=after, upstream_work_id=before, arg="", mode="order"))
     return DagPublic(
-        works=[work_public(dict(r)) for r in rows], edges=out, children=[int(c) for c in children]
+        works=[work_public(r) for r in rows], edges=out, children=[int(c) for c in children]
     )
 
 
@@ -297,8 +283,7 @@ def cancel_workflow(workflow_id: IdPath, engine: EngineDep, user: UserDep) -> Wo
     The mark comes first: a client whose work ends cancelled finds the workflow cancelled (and
     by whom) when it reports the end of its workflow function, not a plain work failure.
     """
-    with engine.db.connect() as conn:
-        row = visible_workflow(conn, user, workflow_id)
+    row = _visible(engine, user, workflow_id)
     if row["status"] not in {s.value for s in WORKFLOW_TERMINAL}:
         engine.finish_workflow(
             workflow_id, WorkflowState.CANCELLED, None, f"cancelled by {user.user}"
@@ -315,8 +300,7 @@ def finish_workflow(
     workflow_id: IdPath, body: WorkflowFinish, engine: EngineDep, principal: PrincipalDep
 ) -> WorkflowPublic:
     """Store the workflow function's return value or error (once)."""
-    with engine.db.connect() as conn:
-        row = visible_workflow(conn, principal, workflow_id)
+    row = _visible(engine, principal, workflow_id)
     if row["status"] in {s.value for s in WORKFLOW_TERMINAL}:
         raise ConflictError(f"workflow {workflow_id} already ended ({row['status']})")
     engine.finish_workflow(
