@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Iterable
 from typing import Any, ClassVar, Protocol
 
 import orjson
@@ -58,28 +59,28 @@ def needs_tags(obj: Any) -> bool:
     if t is dict:
         if len(obj) == 1 and next(iter(obj)) in TAGS:
             return True  # a user dict that looks like a tag is escaped
-        for k, v in obj.items():  # plain loops, scalars inline: this runs for every payload
-            tv = type(v)
+        for k in obj:
             if type(k) is not str:
                 return True
-            if tv in _SCALARS or (tv is float and v - v == 0.0):
-                continue
-            if needs_tags(v):
-                return True
-        return False
+        return _any_needs_tags(obj.values())
     if t is list:
-        for v in obj:
-            tv = type(v)
-            if tv in _SCALARS or (tv is float and v - v == 0.0):
-                continue
-            if needs_tags(v):
-                return True
-        return False
+        return _any_needs_tags(obj)
     if t in _SCALARS:
         return False
     if t is float:
         return not math.isfinite(obj)
     return True
+
+
+def _any_needs_tags(values: Iterable[Any]) -> bool:
+    """True when one of ``values`` needs tags (see :func:`needs_tags`)."""
+    for v in values:  # a plain loop, scalars inline: this runs for every payload
+        tv = type(v)
+        if tv in _SCALARS or (tv is float and v - v == 0.0):
+            continue
+        if needs_tags(v):
+            return True
+    return False
 
 
 def encode_value(obj: Any, where: str = "value") -> Any:

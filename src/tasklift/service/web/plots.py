@@ -80,6 +80,18 @@ def progress_svg(finished: int, failed: int, cancelled: int, total: int) -> Mark
     return Markup("".join(out))
 
 
+def _tick(
+    text: str, line_class: str, line: tuple[object, ...], at: tuple[object, ...], anchor: str
+) -> list[str]:
+    """An axis tick (or grid line) from ``line`` = (x1, y1, x2, y2), and its label at ``at``."""
+    x1, y1, x2, y2 = line
+    return [
+        f'<line class="{line_class}" x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}"/>',
+        f'<text class="tick-label" x="{at[0]}" y="{at[1]}" text-anchor="{anchor}">'
+        f"{escape(text)}</text>",
+    ]
+
+
 @dataclass(frozen=True)
 class _Frame:
     """Plot area inside an SVG of ``width`` x ``height`` with data ranges mapped onto it."""
@@ -114,23 +126,12 @@ class _Frame:
             f'<line class="axis" x1="{self.left}" y1="{self.top}" x2="{self.left}" y2="{bottom}"/>',
         ]
         for value, text in xticks:
-            px = self.x(value)
-            out.append(
-                f'<line class="tick" x1="{px:.1f}" y1="{bottom}" x2="{px:.1f}" y2="{bottom + 4}"/>'
-            )
-            out.append(
-                f'<text class="tick-label" x="{px:.1f}" y="{bottom + 16}" '
-                f'text-anchor="middle">{escape(text)}</text>'
-            )
+            px = f"{self.x(value):.1f}"
+            out += _tick(text, "tick", (px, bottom, px, bottom + 4), (px, bottom + 16), "middle")
         for value, text in yticks:
             py = self.y(value)
-            out.append(
-                f'<line class="grid" x1="{self.left}" y1="{py:.1f}" x2="{right}" y2="{py:.1f}"/>'
-            )
-            out.append(
-                f'<text class="tick-label" x="{self.left - 6}" y="{py + 4:.1f}" '
-                f'text-anchor="end">{escape(text)}</text>'
-            )
+            line = (self.left, f"{py:.1f}", right, f"{py:.1f}")
+            out += _tick(text, "grid", line, (self.left - 6, f"{py + 4:.1f}"), "end")
         return out
 
     def xlabel(self, text: str) -> str:
