@@ -73,6 +73,13 @@ def _works_of(conn: Any, workflow_id: int) -> list[dict[str, Any]]:
     return [dict(r) for r in conn.execute(stmt).mappings()]
 
 
+_STORED_AS_GIVEN = {
+    "parent_id", "name", "function", "source_dir", "archive_sha", "archive_size", "init_env",
+    "backend", "fresh",
+}  # fmt: skip
+"""The fields of a workflow's request stored as they came."""
+
+
 @router.post("", status_code=201)
 def create_workflow(
     body: WorkflowCreate, request: Request, engine: EngineDep, user: PrincipalDep
@@ -92,16 +99,8 @@ def create_workflow(
         with engine.db.connect() as conn:
             visible_workflow(conn, user, body.parent_id)
     workflow_id = engine.create_workflow(
-        parent_id=body.parent_id,
-        name=body.name,
+        **body.model_dump(include=_STORED_AS_GIVEN),
         owner=user.user,
-        function=body.function,
-        source_dir=body.source_dir,
-        archive_sha=body.archive_sha,
-        archive_size=body.archive_size,
-        init_env=body.init_env,
-        backend=body.backend,
-        fresh=body.fresh,
         arguments=arguments,
         client_host=None,
         client_pid=None,
