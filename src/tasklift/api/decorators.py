@@ -187,7 +187,7 @@ def _find_run(explicit: Any) -> Any:
     run = _context.current_workflow.get()
     if run is not None:
         return run
-    from tasklift.api.run import single_running_workflow
+    from tasklift.api.workflow_run import single_running_workflow
 
     return single_running_workflow()
 
@@ -234,7 +234,7 @@ class WorkflowFunction:
         """Run the workflow (or, inside a running one, just call the function)."""
         parent = _context.current_workflow.get()
         if parent is not None:  # a sub-workflow: its own row, nested under the running one
-            from tasklift.api.run import run_child
+            from tasklift.api.workflow_run import run_child
 
             return run_child(parent, self.func, self.options, args, kwargs)
         from tasklift.api.run import Workflow
