@@ -43,7 +43,7 @@ class EngineClient(Protocol):
 
     def create_workflow(self, **values: Any) -> int:
         """Register a workflow run (name, function, source_dir, archive_sha, archive_size,
-        init_env, backend, fresh, parent_id, arguments as JSON text); return its id."""
+        init_env, backend, fresh, parent_id, arguments as JSON bytes); return its id."""
         ...
 
     def for_workflow(self, workflow_id: int) -> EngineClient:
