@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from tasklift import _context
-from tasklift.api.decorators import WorkflowFunction, defining_file
 from tasklift.api.engines import connect, connect_service, embedded_engine, shutdown
 from tasklift.api.follow import WorkflowHandle
+from tasklift.api.functions import WorkDefinition, WorkflowDefinition, defining_file
 from tasklift.api.workflow_run import (
     WorkflowRun,
     enter_running,
@@ -88,7 +88,7 @@ class Workflow:
         settings: Settings | None = None,
         container: str | None = None,
     ) -> None:
-        if isinstance(func, WorkflowFunction):
+        if isinstance(func, WorkflowDefinition):
             options = func.options
             func = func.func
             name = name or options.get("name")
@@ -168,14 +168,13 @@ class Workflow:
             raise _context.ScriptImportStop()
         if not self.remote:
             raise ConfigError("submit() is for remote=True workflows; use run()")
-        from tasklift.api.decorators import WorkFunction
         from tasklift.api.submit import function_location
 
         service = connect_service(self.service, self.settings)
         source_dir = self.source_dir
         packed = self._pack(source_dir)
         service.store_archive(packed)
-        function, script = function_location(WorkFunction(self.func), source_dir)
+        function, script = function_location(WorkDefinition(self.func), source_dir)
         try:
             arguments = orjson.loads(
                 get_serializer("json").dumps({"args": list(args), "kwargs": kwargs})

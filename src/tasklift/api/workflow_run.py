@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasklift import _context
-from tasklift.api.decorators import WorkflowFunction
+from tasklift.api.functions import WorkflowDefinition
 from tasklift.errors import ConfigError, SerializationError
 from tasklift.serializers import get_serializer
 from tasklift.states import WorkflowState
@@ -66,7 +66,7 @@ def remote_workflow_call(
     A ``@workflow``-decorated function runs as the workflow itself, not as a sub-workflow of
     it (its own nested ``@workflow`` calls are the sub-workflows).
     """
-    if isinstance(fn, WorkflowFunction):
+    if isinstance(fn, WorkflowDefinition):
         fn = fn.func
 
     def call(*args: Any, **kwargs: Any) -> Any:
