@@ -103,7 +103,7 @@ class _Followers:
                     if (wake, slot) in self._idle:
                         self._idle.remove((wake, slot))
                         return
-                wake.wait()  # handed a task just as it timed out
+                wake.wait(self.IDLE)  # handed a task just as it timed out: set already
             wake.clear()
             task = slot.pop()
 
