@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tasklift.api.decorators import work, workflow
-    from tasklift.api.results import AsyncResult, CompletedJob, MapResult, Progress, Work
+    from tasklift.api.map_result import MapResult
+    from tasklift.api.results import CompletedJob, Progress, Work
     from tasklift.api.run import Workflow, shutdown
+    from tasklift.api.waiting import AsyncResult
     from tasklift.errors import (
         ArchiveError,
         BackendError,
@@ -38,7 +40,7 @@ __version__ = "0.1.0"
 
 _WHERE: dict[str, str] = {
     "ArchiveError": "tasklift.errors",
-    "AsyncResult": "tasklift.api.results",
+    "AsyncResult": "tasklift.api.waiting",
     "BackendError": "tasklift.errors",
     "BusError": "tasklift.errors",
     "CompletedJob": "tasklift.api.results",
@@ -46,7 +48,7 @@ _WHERE: dict[str, str] = {
     "JobFailure": "tasklift.errors",
     "JobSkipped": "tasklift.errors",
     "JobState": "tasklift.states",
-    "MapResult": "tasklift.api.results",
+    "MapResult": "tasklift.api.map_result",
     "NotFoundError": "tasklift.errors",
     "Progress": "tasklift.api.results",
     "SerializationError": "tasklift.errors",

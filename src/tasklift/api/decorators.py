@@ -1,37 +1,20 @@
-"""The ``@work`` and ``@workflow`` decorators and the callable they make of a work function."""
+"""The ``@work`` and ``@workflow`` decorators and the callables they make of a function: a
+work submitted into the running workflow (or called here outside one), a workflow run."""
 
 from __future__ import annotations
 
 import functools
-import inspect
-import os
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from collections.abc import Callable, Sequence
+from typing import Any, overload
 
 from tasklift import _context
-from tasklift.backends.command import container_init_env
-from tasklift.backends.registry import backend_choice
+from tasklift.api.functions import UNSET, WorkDefinition, WorkflowDefinition, defining_file
 from tasklift.errors import SubmissionError
 
-if TYPE_CHECKING:
-    from tasklift.backends.base import Backend
-
-__all__ = ["UNSET", "WorkFunction", "WorkflowFunction", "work", "workflow"]
+__all__ = ["UNSET", "WorkFunction", "WorkflowFunction", "defining_file", "work", "workflow"]
 
 
-class _Unset:
-    def __repr__(self) -> str:
-        return "UNSET"
-
-
-UNSET: Any = _Unset()
-"""Marks an argument that was not given (``None`` has a meaning for some)."""
-
-_RESOURCE_KEYS = {"cores", "memory_mb", "walltime", "gpus"}
-
-
-class WorkFunction:
+class WorkFunction(WorkDefinition):
     """A ``@work`` function: a distributed task inside a workflow, a plain call outside one.
 
     Call-time keywords: ``group_kwargs=[...]`` (alias ``multi_jobs_kwargs_list``) makes one job
@@ -42,55 +25,6 @@ class WorkFunction:
     apptainer or singularity (after ``init_env``'s commands, if both are given); see
     :mod:`tasklift.backends.command`.
     """
-
-    def __init__(
-        self,
-        func: Callable[..., Any],
-        *,
-        map_results: bool = False,
-        name: str | None = None,
-        pre_kwargs: Mapping[str, Any] | None = None,
-        init_env: str | None = None,
-        container: str | None = None,
-        retries: int = 2,
-        timeout: float | None = None,
-        resources: Mapping[str, Any] | None = None,
-        backend: str | Backend | None = None,
-        queue: str | None = None,
-        return_work: bool = False,
-        min_success: float = 1.0,
-        serializer: str = "json",
-    ) -> None:
-        if not callable(func):
-            raise TypeError("@work decorates a function")
-        if retries < 0:
-            raise SubmissionError(f"retries must be >= 0, got {retries}")
-        if timeout is not None and timeout <= 0:
-            raise SubmissionError(f"timeout must be positive seconds, got {timeout}")
-        if not 0.0 <= min_success <= 1.0:
-            raise SubmissionError(f"min_success is a fraction in [0, 1], got {min_success}")
-        if serializer not in ("json", "pickle"):
-            raise SubmissionError(f"serializer must be 'json' or 'pickle', got {serializer!r}")
-        unknown = set(resources or {}) - _RESOURCE_KEYS
-        if unknown:
-            raise SubmissionError(
-                f"unknown resources {sorted(unknown)}; known: {sorted(_RESOURCE_KEYS)}"
-            )
-        self.func = func
-        self.map_results = map_results
-        self.name = name or func.__name__
-        self.pre_kwargs = dict(pre_kwargs or {})
-        self.init_env = container_init_env(container, init_env)
-        self.retries = retries
-        self.timeout = timeout
-        self.resources = dict(resources or {})
-        self.backend, self.backend_object = backend_choice(backend, queue)
-        self.return_work = return_work
-        self.min_success = min_success
-        self.serializer = serializer
-        functools.update_wrapper(self, func)
-        # the job runner finds the plain function through this attribute
-        self.__tasklift_function__ = func
 
     def __repr__(self) -> str:
         return f"<work {self.name}>"
@@ -120,36 +54,6 @@ class WorkFunction:
 
         return submit_work(run, self, args, kwargs, group, return_work, when=when)
 
-    def calls(
-        self, args: Sequence[Any], kwargs: Mapping[str, Any], group: Any
-    ) -> list[tuple[list[Any], dict[str, Any]]]:
-        """Expand a call into one ``(args, kwargs)`` per job (merging as documented)."""
-        base = {**self.pre_kwargs, **kwargs}
-        if group is UNSET:
-            return [(list(args), base)]
-        if isinstance(group, (str, bytes, Mapping)) or not isinstance(group, Sequence):
-            try:
-                group = list(group)
-            except TypeError:
-                raise SubmissionError(
-                    f"group_kwargs must be a list of dicts (or of argument lists), "
-                    f"got {type(group).__name__}"
-                ) from None
-            if isinstance(group, list) and group and isinstance(group[0], str):
-                raise SubmissionError("group_kwargs must be a list of dicts, got a string/dict")
-        calls = []
-        for i, element in enumerate(group):
-            if isinstance(element, Mapping):
-                calls.append((list(args), {**base, **element}))
-            elif isinstance(element, (list, tuple)):
-                calls.append((list(element), dict(base)))
-            else:
-                raise SubmissionError(
-                    f"group_kwargs[{i}] is a {type(element).__name__}; each element must be a "
-                    "dict of keyword arguments or a list/tuple of positional arguments"
-                )
-        return calls
-
     def _call_in_process(self, args: Sequence[Any], kwargs: dict[str, Any], group: Any) -> Any:
         calls = self.calls(args, kwargs, group)
         if group is UNSET:
@@ -158,7 +62,7 @@ class WorkFunction:
         values = [self.func(*a, **k) for a, k in calls]
         if not self.map_results:
             return values
-        from tasklift.api.results import MapResult
+        from tasklift.api.map_result import MapResult
         from tasklift.keys import job_key, occurrence_key
 
         keys: list[str] = []
@@ -187,7 +91,7 @@ def _find_run(explicit: Any) -> Any:
     run = _context.current_workflow.get()
     if run is not None:
         return run
-    from tasklift.api.run import single_running_workflow
+    from tasklift.api.workflow_run import single_running_workflow
 
     return single_running_workflow()
 
@@ -211,30 +115,14 @@ def work(func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     return decorate
 
 
-class WorkflowFunction:
+class WorkflowFunction(WorkflowDefinition):
     """A ``@workflow`` function: calling it runs ``Workflow(func=f, ...).run(...)``."""
-
-    def __init__(self, func: Callable[..., Any], **options: Any) -> None:
-        allowed = {
-            *("name", "init_env", "container", "source_dir", "exclude"),
-            *("backend", "service", "fresh"),
-        }
-        unknown = set(options) - allowed
-        if unknown:
-            raise TypeError(f"@workflow got unknown options {sorted(unknown)}")
-        if "container" in options:  # fold into init_env, so sub-workflows get it too
-            options["init_env"] = container_init_env(
-                options.pop("container"), options.get("init_env")
-            )
-        self.func = func
-        self.options = options
-        functools.update_wrapper(self, func)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the workflow (or, inside a running one, just call the function)."""
         parent = _context.current_workflow.get()
         if parent is not None:  # a sub-workflow: its own row, nested under the running one
-            from tasklift.api.run import run_child
+            from tasklift.api.workflow_run import run_child
 
             return run_child(parent, self.func, self.options, args, kwargs)
         from tasklift.api.run import Workflow
@@ -251,15 +139,3 @@ def workflow(func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         return WorkflowFunction(f, **options)
 
     return decorate
-
-
-def defining_file(func: Callable[..., Any]) -> Path | None:
-    """The source file that defines ``func`` (``None`` for the REPL and builtins)."""
-    target = inspect.unwrap(getattr(func, "func", func))
-    try:
-        path = inspect.getsourcefile(target)
-    except TypeError:
-        return None
-    if path is None or not os.path.exists(path):
-        return None
-    return Path(path).resolve()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 
 from tasklift.keys import occurrence_key
 
@@ -20,9 +20,41 @@ EAGER_UP_TO = 20_000
 """Works up to this many jobs are computed at once (every error raises at the call)."""
 
 Call = tuple[list[Any], dict[str, Any]]
+T = TypeVar("T")
 
 
-class JobList(Sequence[tuple[str, bytes]]):
+class _OnDemand(Sequence[T]):
+    """A sequence whose items are made when asked for: one at a position (:meth:`_item`), or
+    a slice at once (:meth:`_slice`)."""
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[T]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return self._slice(index)
+        return self._item(range(len(self))[index])
+
+    def _item(self, position: int) -> T:
+        """The item at ``position`` (0 <= position < len)."""
+        raise NotImplementedError
+
+    def _slice(self, index: slice) -> list[T]:
+        """The items of ``index``."""
+        raise NotImplementedError
+
+    def _contiguous(self, index: slice) -> tuple[int, int]:
+        """``(start, stop)`` of a slice without a step."""
+        start, stop, step = index.indices(len(self))
+        if step != 1:
+            raise ValueError(f"{type(self).__name__} slices must be contiguous")
+        return start, stop
+
+
+class JobList(_OnDemand[tuple[str, bytes]]):
     """``(key, payload)`` of every job of a work, in order; thread-safe.
 
     Args:
@@ -59,26 +91,18 @@ class JobList(Sequence[tuple[str, bytes]]):
     def __len__(self) -> int:
         return len(self._calls)
 
-    @overload
-    def __getitem__(self, index: int) -> tuple[str, bytes]: ...
+    def _slice(self, index: slice) -> list[tuple[str, bytes]]:
+        start, stop = self._contiguous(index)
+        self._ensure(stop)
+        last = self._last
+        if last is not None and last[:2] == (start, stop):
+            calls = last[2]  # the same calls made the keys just now (a lazy group)
+        else:
+            calls = self._calls[start:stop]
+        self._last = None
+        return list(zip(self._keys[start:stop], self._payloads(calls), strict=True))
 
-    @overload
-    def __getitem__(self, index: slice) -> list[tuple[str, bytes]]: ...
-
-    def __getitem__(self, index: int | slice) -> Any:
-        if isinstance(index, slice):
-            start, stop, step = index.indices(len(self))
-            if step != 1:
-                raise ValueError("JobList slices must be contiguous")
-            self._ensure(stop)
-            last = self._last
-            if last is not None and last[:2] == (start, stop):
-                calls = last[2]  # the same calls made the keys just now (a lazy group)
-            else:
-                calls = self._calls[start:stop]
-            self._last = None
-            return list(zip(self._keys[start:stop], self._payloads(calls), strict=True))
-        position = range(len(self))[index]
+    def _item(self, position: int) -> tuple[str, bytes]:
         self._ensure(position + 1)
         return self._keys[position], self._payloads([self._calls[position]])[0]
 
@@ -124,7 +148,7 @@ class JobList(Sequence[tuple[str, bytes]]):
                 self._seen = {}  # every key is known: the repeat counts are not needed
 
 
-class _Keys(Sequence[str]):
+class _Keys(_OnDemand[str]):
     """A work's job keys by index (computed on first use)."""
 
     def __init__(self, jobs: JobList) -> None:
@@ -133,22 +157,17 @@ class _Keys(Sequence[str]):
     def __len__(self) -> int:
         return len(self._jobs)
 
-    @overload
-    def __getitem__(self, index: int) -> str: ...
+    def _slice(self, index: slice) -> list[str]:
+        return self._jobs.all_keys()[index]
 
-    @overload
-    def __getitem__(self, index: slice) -> list[str]: ...
-
-    def __getitem__(self, index: int | slice) -> Any:
-        if isinstance(index, slice):
-            return self._jobs.all_keys()[index]
-        return self._jobs.key(index)
+    def _item(self, position: int) -> str:
+        return self._jobs.key(position)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._jobs.all_keys())
 
 
-class LazyCalls(Sequence[Call]):
+class LazyCalls(_OnDemand[Call]):
     """The ``(args, kwargs)`` of each job of a large group, made per slice when asked for
     (by ``make``, e.g. ``WorkFunction.calls`` over that slice of the group)."""
 
@@ -159,16 +178,9 @@ class LazyCalls(Sequence[Call]):
     def __len__(self) -> int:
         return len(self._group)
 
-    @overload
-    def __getitem__(self, index: int) -> Call: ...
+    def _slice(self, index: slice) -> list[Call]:
+        start, stop = self._contiguous(index)
+        return self._make(self._group[start:stop])
 
-    @overload
-    def __getitem__(self, index: slice) -> list[Call]: ...
-
-    def __getitem__(self, index: int | slice) -> Any:
-        if isinstance(index, slice):
-            start, stop, step = index.indices(len(self))
-            if step != 1:
-                raise ValueError("LazyCalls slices must be contiguous")
-            return self._make(self._group[start:stop])
-        return self._make([self._group[index]])[0]
+    def _item(self, position: int) -> Call:
+        return self._make([self._group[position]])[0]

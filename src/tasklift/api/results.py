@@ -1,18 +1,18 @@
-"""Handles on submitted works: ``AsyncResult`` (waiting), ``Work``, ``MapResult``, ``Progress``."""
+"""Handles on submitted works: ``Work`` (with ``Progress``, ``CompletedJob`` and ``WorkRef``,
+a work's results as another work's input). Waiting is :mod:`tasklift.api.waiting`
+(``AsyncResult``), the mapping of results :mod:`tasklift.api.map_result` (``MapResult``)."""
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tasklift.bus.base import MissedMessages, work_destination
+from tasklift.api.map_result import MapResult
+from tasklift.api.waiting import AsyncResult
 from tasklift.engine.state import needed_successes
 from tasklift.errors import (
-    DatabaseUnavailable,
     JobFailure,
     JobSkipped,
     SubmissionError,
@@ -20,20 +20,15 @@ from tasklift.errors import (
     WorkTimeout,
     short_repr,
 )
-from tasklift.keys import job_key
 from tasklift.records import ResultRecord
 from tasklift.serializers import get_serializer
 from tasklift.states import JobState, WorkState
 
 if TYPE_CHECKING:
-    from tasklift.engine.engine import Engine
+    from tasklift.api.client import EngineClient
 
 __all__ = ["AsyncResult", "CompletedJob", "MapResult", "Progress", "Work", "WorkRef"]
 
-logger = logging.getLogger(__name__)
-
-REREAD_EVERY = 2.0
-"""Seconds between safety re-reads of the DB while waiting (a missed message costs this)."""
 STORE_CHECK_EVERY = 1.0
 """Seconds between checks, while waiting for a work, that storing its jobs did not fail."""
 
@@ -52,233 +47,6 @@ class Progress:
     def done(self) -> int:
         """Jobs in a terminal state."""
         return self.finished + self.failed + self.cancelled
-
-
-class AsyncResult:
-    """Collects a work's terminal jobs: reads what is persisted, then listens on the bus."""
-
-    def __init__(self, engine: Engine, work_id: int, n_jobs: int, *, reread: bool = True) -> None:
-        self.engine = engine
-        self.work_id = work_id
-        self.n_jobs = n_jobs
-        self._cond = threading.Condition()
-        self._records: dict[int, ResultRecord] = {}
-        self._arrival: list[int] = []
-        self._stale = False
-        self._cursor = 0  # every done_seq up to here has been seen
-        self._seqs: set[int] = set()
-        self._waiting: list[int] = []  # counts the blocked waiters wait for
-        self._sub = engine.bus.subscribe(work_destination(work_id), self._on_messages)
-        self._last_read = time.monotonic()
-        if reread:
-            self._reread()
-
-    def _add(self, record: ResultRecord) -> None:
-        if record.done_seq:
-            self._seqs.add(record.done_seq)
-            while self._cursor + 1 in self._seqs:
-                self._cursor += 1
-                self._seqs.discard(self._cursor)
-        if record.idx < 0:
-            self._stale = True
-        elif record.idx not in self._records:
-            self._records[record.idx] = record
-            self._arrival.append(record.idx)
-
-    def _on_messages(self, messages: Sequence[Any]) -> None:
-        with self._cond:
-            for record in messages:
-                if isinstance(record, MissedMessages):
-                    self._stale = True  # the bus may have lost some: re-read
-                else:
-                    self._add(record)
-            # wake a waiter only when it has what it waits for (or must re-read): a waiter
-            # woken for every result of a big work would fight the publishing thread for the
-            # GIL once per result
-            if self._waiting and (self._stale or len(self._records) >= min(self._waiting)):
-                self._cond.notify_all()
-
-    def _reread(self) -> None:
-        """Read what the DB has beyond the gap-free cursor (a missed message costs this)."""
-        with self._cond:
-            since = self._cursor
-        try:
-            records = self.engine.results(self.work_id, since)
-        except DatabaseUnavailable as exc:  # keep waiting (up to the caller's timeout)
-            logger.warning("waiting for work %d: %s; trying again", self.work_id, exc)
-            with self._cond:  # the next try at the next periodic re-read, which reads it all
-                self._last_read = time.monotonic()
-                self._stale = False
-            return
-        with self._cond:
-            for record in records:
-                self._add(record)
-            self._stale = False
-            self._last_read = time.monotonic()
-            self._cond.notify_all()
-
-    @property
-    def n_done(self) -> int:
-        """How many jobs are terminal."""
-        return len(self._records)
-
-    def done(self) -> bool:
-        """True when every job is terminal."""
-        return len(self._records) >= self.n_jobs
-
-    def wait_for(self, count: int, deadline: float | None) -> bool:
-        """Wait until at least ``count`` jobs are terminal; False when the deadline passed."""
-        while True:
-            with self._cond:
-                if len(self._records) >= count:
-                    return True
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    return False
-                due = self._last_read + REREAD_EVERY
-                wait = due - now
-                if deadline is not None:
-                    wait = min(wait, deadline - now)
-                if not self._stale and wait > 0:
-                    self._waiting.append(count)
-                    try:
-                        self._cond.wait(wait)
-                    finally:
-                        self._waiting.remove(count)
-                need_read = self._stale or time.monotonic() >= due
-            if need_read:
-                self._reread()
-
-    def arrivals(self, start: int) -> list[ResultRecord]:
-        """Records that arrived after the first ``start`` ones, in arrival order."""
-        with self._cond:
-            return [self._records[i] for i in self._arrival[start:]]
-
-    def ordered(self) -> list[ResultRecord]:
-        """All terminal records in submission order."""
-        with self._cond:
-            return [self._records[i] for i in sorted(self._records)]
-
-    def close(self) -> None:
-        """Stop listening."""
-        self._sub.close()
-
-
-class MapResult(Mapping[str, Any]):
-    """Read-only mapping job key -> result, in submission order (successful jobs only).
-
-    Iterating gives the job keys (of the merged kwargs). Looking up also accepts a
-    ``group_kwargs`` element itself (``res[p]``) or its own id (``res[get_unique_id_for_dict(p)]``,
-    which differs from the job key when the call adds kwargs): both find that element's job.
-
-    Attributes:
-        failures: :class:`~tasklift.errors.JobFailure` of every job that did not succeed.
-        skipped: :class:`~tasklift.errors.JobFailure` of every job skipped by ``when=``.
-        metrics: counts and timings of the work.
-    """
-
-    def __init__(
-        self,
-        values: dict[str, Any],
-        failures: list[JobFailure],
-        metrics: dict[str, Any],
-        base_args: Sequence[Any],
-        base_kwargs: Mapping[str, Any],
-        *,
-        keys: Sequence[str] | None = None,
-        elements: Sequence[Any] | None = None,
-        skipped: Sequence[JobFailure] = (),
-    ) -> None:
-        self._values = values
-        self.failures = failures
-        self.skipped = list(skipped)
-        self.metrics = metrics
-        self._base_args = list(base_args)
-        self._base_kwargs = dict(base_kwargs)
-        self._failed = {f.key: f for f in failures}
-        self._skipped = {f.key: f for f in self.skipped}
-        self._keys = keys
-        self._elements = elements
-        self._by_element_id: dict[str, str] | None = None
-
-    def __getitem__(self, key: str | Mapping[str, Any]) -> Any:
-        if isinstance(key, str):
-            if key in self._values:
-                return self._values[key]
-            full = self._element_ids().get(key)
-            if full is None:
-                raise KeyError(key)
-            return self._values[full]
-        if isinstance(key, Mapping):
-            return self._values[self.key_of(key)]
-        raise KeyError(key)
-
-    def _element_ids(self) -> dict[str, str]:
-        """``{id of a group_kwargs element: its job key}`` (made at the first miss)."""
-        if self._by_element_id is None:
-            ids: dict[str, str] = {}
-            if self._keys is not None and self._elements is not None:
-                for key, element in zip(self._keys, self._elements, strict=False):
-                    try:
-                        own = (
-                            job_key([], element)
-                            if isinstance(element, Mapping)
-                            else job_key(list(element), {})
-                        )
-                    except (SubmissionError, TypeError):
-                        continue
-                    ids.setdefault(own, key)
-            self._by_element_id = ids
-        return self._by_element_id
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def __repr__(self) -> str:
-        return f"MapResult({len(self._values)} results, {len(self.failures)} failures)"
-
-    def key_of(self, args: Mapping[str, Any] | Sequence[Any]) -> str:
-        """The job key of a ``group_kwargs`` element (merged over the call's kwargs)."""
-        if isinstance(args, Mapping):
-            return job_key(self._base_args, {**self._base_kwargs, **args})
-        return job_key(list(args), self._base_kwargs)
-
-    def get_result(
-        self,
-        args: Mapping[str, Any] | Sequence[Any] | None = None,
-        *,
-        key: str | None = None,
-    ) -> Any:
-        """Return the result of the job for ``args`` (a ``group_kwargs`` element) or ``key``.
-
-        Raises:
-            KeyError: no such job, or the job failed (the message gives its error).
-        """
-        looked_for = ""
-        if key is None:
-            if args is None:
-                raise TypeError("get_result needs args= or key=")
-            key = self.key_of(args)
-            merged: Any = (
-                {**self._base_kwargs, **args}
-                if isinstance(args, Mapping)
-                else {"args": list(args), "kwargs": self._base_kwargs}
-            )
-            looked_for = f" (looked for {short_repr(merged)})"
-        elif key not in self._values and key not in self._failed and key not in self._skipped:
-            key = self._element_ids().get(key, key)  # the id of an element as given
-        if key in self._values:
-            return self._values[key]
-        failure = self._failed.get(key)
-        if failure is not None:
-            raise KeyError(f"job {key[:12]}{looked_for} did not succeed: {failure}")
-        skipped = self._skipped.get(key)
-        if skipped is not None:
-            raise KeyError(f"job {key[:12]}{looked_for} was skipped: {skipped.message}")
-        raise KeyError(f"no job with key {key[:12]} in this work{looked_for}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -331,7 +99,7 @@ class Work:
     def __init__(
         self,
         *,
-        engine: Engine,
+        engine: EngineClient,
         work_id: int,
         name: str,
         keys: Sequence[str],
@@ -426,7 +194,9 @@ class Work:
         if self._show_progress and not self._async.done():
             from tasklift.api.progress import wait_with_progress
 
-            ok = wait_with_progress(self, deadline)
+            ok = wait_with_progress(
+                self.name, self._async, lambda: self.engine.running_count(self.work_id), deadline
+            )
         else:
             ok = self._wait_count(len(self.keys), deadline)
         if not ok:
@@ -434,12 +204,11 @@ class Work:
 
     def _wait_count(self, count: int, deadline: float | None) -> bool:
         """Wait for ``count`` terminal jobs; raise when storing the work's jobs failed."""
-        store_error = getattr(self.engine, "store_error", None)
         while True:
             step = time.monotonic() + STORE_CHECK_EVERY
             if self._async.wait_for(count, step if deadline is None else min(step, deadline)):
                 return True
-            failure = store_error(self.work_id) if store_error is not None else None
+            failure = self.engine.store_error(self.work_id)
             if failure is not None:
                 raise SubmissionError(f"work {self.name!r}: {failure}")
             if deadline is not None and time.monotonic() >= deadline:
@@ -448,8 +217,7 @@ class Work:
     def wait_stored(self, timeout: float | None = None) -> bool:
         """Wait until every job of this work is stored (a large work is stored in chunks
         while its first jobs run); False when ``timeout`` passed first."""
-        wait = getattr(self.engine, "wait_stored", None)
-        return True if wait is None else bool(wait(self.work_id, timeout))
+        return self.engine.wait_stored(self.work_id, timeout)
 
     def as_completed(self, timeout: float | None = None) -> Iterator[CompletedJob]:
         """Yield a :class:`CompletedJob` per successful job as jobs finish (arrival order):

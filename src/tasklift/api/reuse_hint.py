@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from sqlalchemy import func, select
 
@@ -18,6 +18,7 @@ from tasklift.db import queries as q
 from tasklift.errors import ArchiveError
 
 if TYPE_CHECKING:
+    from tasklift.api.client import EngineClient
     from tasklift.engine.engine import Engine
 
 __all__ = ["changed_files", "reuse_hint", "warn_if_nothing_reusable"]
@@ -28,7 +29,7 @@ MAX_LISTED = 5
 
 
 def warn_if_nothing_reusable(
-    engine: Any,
+    engine: EngineClient,
     *,
     function: str,
     source_dir: str,

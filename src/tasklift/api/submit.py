@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasklift.api.decorators import UNSET, WorkFunction, defining_file
+from tasklift.api.functions import UNSET, defining_file
+from tasklift.api.functions import WorkDefinition as WorkFunction
 from tasklift.api.joblist import EAGER_UP_TO, JobList, LazyCalls
 from tasklift.api.results import Work, WorkRef
 from tasklift.backends.registry import register_backend
@@ -25,7 +26,7 @@ from tasklift.serializers import get_serializer
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from tasklift.api.run import WorkflowRun
+    from tasklift.api.workflow_run import WorkflowRun
     from tasklift.engine.dataflow import Ref
     from tasklift.engine.engine import WorkRecord
 

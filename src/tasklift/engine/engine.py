@@ -391,6 +391,11 @@ class Engine:
         self.bus.close()
         self.db.dispose()
 
+    def for_workflow(self, workflow_id: int) -> Engine:
+        """The engine that acts for workflow ``workflow_id``: this one (an embedded engine
+        has no per-workflow credentials; the client interface asks both implementations)."""
+        return self
+
 
 def _engine_id(settings: Settings, resume: bool) -> str:
     """This engine's name in job claims: stable across restarts for a resuming engine."""
