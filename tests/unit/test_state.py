@@ -1,8 +1,8 @@
 """Pure engine decisions and the state table, without processes or sockets."""
 
 import pytest
-
 from tasklift.db.queries import WorkCounts
+
 from tasklift.engine.state import decide, needed_successes, state_of, work_state
 from tasklift.records import Outcome
 from tasklift.states import ALLOWED, JOB_TERMINAL, JobState, WorkState, check_transition

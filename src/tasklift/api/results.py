@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tasklift.bus.base import MissedMessages, work_destination
-from tasklift.engine.state import needed_successes
 from tasklift.errors import (
     DatabaseUnavailable,
     JobFailure,
@@ -23,7 +22,7 @@ from tasklift.errors import (
 from tasklift.keys import job_key
 from tasklift.records import ResultRecord
 from tasklift.serializers import get_serializer
-from tasklift.states import JobState, WorkState
+from tasklift.states import JobState, WorkState, needed_successes
 
 if TYPE_CHECKING:
     from tasklift.engine.engine import Engine

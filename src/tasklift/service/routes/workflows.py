@@ -12,7 +12,9 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import desc, func, select
 
-from tasklift.db import queries as q
+from tasklift.db import tables
+from tasklift.db.workflows import workflow_totals
+from tasklift.db.works import running_work_ids
 from tasklift.errors import ConflictError, PermissionDeniedError, SubmissionError
 from tasklift.records import WorkSpec
 from tasklift.service.access import visible_workflow
@@ -117,7 +119,7 @@ def create_workflow(
             )
             raise
     with engine.db.connect() as conn:  # just created for this caller: no scope check to pass
-        row = conn.execute(select(q.workflows).where(q.workflows.c.id == workflow_id))
+        row = conn.execute(select(tables.workflows).where(tables.workflows.c.id == workflow_id))
         public = workflow_public(dict(row.mappings().one()))
     if user.kind == "job":
         public.token = request.app.state.auth.issue_job_token(
@@ -194,7 +196,7 @@ def list_workflows(
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> WorkflowsPublic:
     """Workflows the caller may see, newest first; admins may filter by owner."""
-    w = q.workflows
+    w = tables.workflows
     conditions = []
     if not user.is_admin:
         conditions.append(w.c.owner == user.user)
@@ -204,7 +206,7 @@ def list_workflows(
         conditions.append(w.c.status == status)
     if name:
         conditions.append(w.c.name.contains(name, autoescape=True))
-    totals = q.workflow_totals()
+    totals = workflow_totals()
     stmt = (
         select(
             w,
@@ -227,7 +229,7 @@ def get_workflow(workflow_id: IdPath, engine: EngineDep, principal: PrincipalDep
     """One workflow with its job counters."""
     with engine.db.connect() as conn:
         row = visible_workflow(conn, principal, workflow_id)
-        totals = q.workflow_totals()
+        totals = workflow_totals()
         counts = (
             conn.execute(select(totals).where(totals.c.workflow_id == workflow_id))
             .mappings()
@@ -243,7 +245,9 @@ def list_works(workflow_id: IdPath, engine: EngineDep, principal: PrincipalDep) 
         visible_workflow(conn, principal, workflow_id)
         rows = (
             conn.execute(
-                select(q.works).where(q.works.c.workflow_id == workflow_id).order_by(q.works.c.seq)
+                select(tables.works)
+                .where(tables.works.c.workflow_id == workflow_id)
+                .order_by(tables.works.c.seq)
             )
             .mappings()
             .all()
@@ -254,13 +258,15 @@ def list_works(workflow_id: IdPath, engine: EngineDep, principal: PrincipalDep) 
 @router.get("/{workflow_id}/dag")
 def get_dag(workflow_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> DagPublic:
     """The works of a workflow and their edges: data-flow inputs, else submission order."""
-    from tasklift.engine.dataflow import edges
+    from tasklift.db.tables import edges
 
     with engine.db.connect() as conn:
         visible_workflow(conn, principal, workflow_id)
         rows = (
             conn.execute(
-                select(q.works).where(q.works.c.workflow_id == workflow_id).order_by(q.works.c.seq)
+                select(tables.works)
+                .where(tables.works.c.workflow_id == workflow_id)
+                .order_by(tables.works.c.seq)
             )
             .mappings()
             .all()
@@ -268,7 +274,9 @@ def get_dag(workflow_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> 
         ids = [r["id"] for r in rows]
         data = conn.execute(select(edges).where(edges.c.work_id.in_(ids))).mappings().all()
         children = (
-            conn.execute(select(q.workflows.c.id).where(q.workflows.c.parent_id == workflow_id))
+            conn.execute(
+                select(tables.workflows.c.id).where(tables.workflows.c.parent_id == workflow_id)
+            )
             .scalars()
             .all()
         )
@@ -295,7 +303,7 @@ def cancel_workflow(workflow_id: IdPath, engine: EngineDep, user: UserDep) -> Wo
     """Cancel every running work of the workflow and mark it cancelled."""
     with engine.db.connect() as conn:
         row = visible_workflow(conn, user, workflow_id)
-        running = q.running_work_ids(conn, workflow_id)
+        running = running_work_ids(conn, workflow_id)
     for work_id in running:
         engine.cancel_work(int(work_id))
     if row["status"] not in {s.value for s in WORKFLOW_TERMINAL}:
