@@ -148,13 +148,14 @@ def _move_bulk(
     set_params = (*(v for _, v in fixed[0]), *(n for _, n in fixed[1]))
     match_params = tuple(v for _, v in guard)
     postgres = conn.dialect.name == "postgresql"
+    lock = "FOR UPDATE SKIP LOCKED" if skip_locked else "FOR UPDATE"
     moved: list[int] = []
     for batch in hot.chunks(list(job_ids), 1000):
         if postgres:
-            sql = _bulk_sql_pg(target, sources, *names, skip_locked)
+            sql = _bulk_sql(target, sources, *names, lock, 0)
             params: tuple[Any, ...] = (list(batch), *set_params, *match_params)
         else:
-            sql = _bulk_sql(target, sources, *names, len(batch))
+            sql = _bulk_sql(target, sources, *names, None, len(batch))
             params = (*set_params, *batch, *match_params)
         moved += [int(r[0]) for r in hot.execute(conn, sql, params)]
     return moved
@@ -184,36 +185,26 @@ def _bulk_sql(
     fixed: tuple[str, ...],
     added: tuple[str, ...],
     matched: tuple[str, ...],
+    lock: str | None,
     n_ids: int,
 ) -> str:
+    """The bulk UPDATE on SQLite (``lock`` None: ``id IN (...)``, writers are serialized) or
+    PostgreSQL (``lock``: each id looked up on its own, a lateral primary-key probe locking its
+    row, and the state checked on the locked rows). Given ``id IN (...) AND state = ...`` in
+    one scan, PostgreSQL's planner read every job of that state through the state index, given
+    the ids alone it scanned the whole table when it was small: either way a claim cost
+    O(queue depth) or O(table), not O(batch) (issue 17, ``bench/queue_depth.py``)."""
     where = "".join(f" AND {c} = ?" for c in matched)
-    return (
-        f"UPDATE jobs SET {_set_clause(target, fixed, added)} "
-        f"WHERE id IN ({hot.placeholders(n_ids)}) AND state IN ({_states(sources)}){where} "
-        "RETURNING id"
-    )
-
-
-@functools.lru_cache(maxsize=128)
-def _bulk_sql_pg(
-    target: JobState,
-    sources: tuple[JobState, ...],
-    fixed: tuple[str, ...],
-    added: tuple[str, ...],
-    matched: tuple[str, ...],
-    skip_locked: bool,
-) -> str:
-    """Each id looked up on its own (a lateral primary-key probe, rows locked) and the state
-    checked on the locked rows: given ``id IN (...) AND state = ...`` in one scan the planner
-    read every job of that state through the state index, given the ids alone it scanned the
-    whole table when it was small: either way O(queue depth) or O(table), not O(batch)
-    (issue 17, ``bench/queue_depth.py``)."""
-    lock = "FOR UPDATE SKIP LOCKED" if skip_locked else "FOR UPDATE"
-    where = "".join(f" AND {c} = ?" for c in matched)
+    sets = _set_clause(target, fixed, added)
+    if lock is None:
+        return (
+            f"UPDATE jobs SET {sets} WHERE id IN ({hot.placeholders(n_ids)}) "
+            f"AND state IN ({_states(sources)}){where} RETURNING id"
+        )
     return (
         "WITH locked AS MATERIALIZED (SELECT j.id, j.state FROM unnest(?::int[]) AS c(id) "
         f"CROSS JOIN LATERAL (SELECT id, state FROM jobs WHERE jobs.id = c.id {lock}) AS j) "
-        f"UPDATE jobs SET {_set_clause(target, fixed, added)} "
+        f"UPDATE jobs SET {sets} "
         f"WHERE id IN (SELECT id FROM locked WHERE state IN ({_states(sources)})){where} "
         "RETURNING id"
     )

@@ -5,6 +5,8 @@ Times are float seconds since the epoch (UTC), which keeps bulk writes cheap on 
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     Float,
     ForeignKey,
@@ -221,17 +223,30 @@ class WebSession(Base):
     """Last use, written at most once a minute."""
 
 
+def _link_columns(table: str) -> tuple[Any, ...]:
+    """The columns of a data dependency between two rows of ``table``: its id, the two ends
+    (``<row>_id`` takes its argument ``arg`` from ``upstream_<row>_id``) and the ``mode``."""
+    return (
+        mapped_column(Integer, primary_key=True, autoincrement=True),
+        mapped_column(ForeignKey(f"{table}.id"), index=True),
+        mapped_column(ForeignKey(f"{table}.id"), index=True),
+        mapped_column(String(200)),
+        mapped_column(String(10)),
+    )
+
+
 class JobDep(Base):
     """Job ``job_id`` takes the result of ``upstream_job_id`` as its argument ``arg``."""
 
     __tablename__ = "job_deps"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
-    upstream_job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
-    arg: Mapped[str] = mapped_column(String(200))
-    mode: Mapped[str] = mapped_column(String(10))
+    id: Mapped[int]
+    job_id: Mapped[int]
+    upstream_job_id: Mapped[int]
+    arg: Mapped[str]
+    mode: Mapped[str]
     """``one`` (the upstream result itself) or ``all`` (one element of a list, by idx)."""
+    id, job_id, upstream_job_id, arg, mode = _link_columns("jobs")
 
 
 class WorkEdge(Base):
@@ -239,9 +254,10 @@ class WorkEdge(Base):
 
     __tablename__ = "work_edges"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    work_id: Mapped[int] = mapped_column(ForeignKey("works.id"), index=True)
-    upstream_work_id: Mapped[int] = mapped_column(ForeignKey("works.id"), index=True)
-    arg: Mapped[str] = mapped_column(String(200))
-    mode: Mapped[str] = mapped_column(String(10))
+    id: Mapped[int]
+    work_id: Mapped[int]
+    upstream_work_id: Mapped[int]
+    arg: Mapped[str]
+    mode: Mapped[str]
     """``each`` (job i <- job i), ``all`` (every job <- all upstream jobs), ``job`` (one)."""
+    id, work_id, upstream_work_id, arg, mode = _link_columns("works")
