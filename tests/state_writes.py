@@ -92,6 +92,10 @@ def check_refusal_loses_nothing(db: Engine) -> None:
     with pytest.raises(IllegalTransition, match="from finished to queued"), db.begin() as conn:
         transition(conn, jobs, JobState.QUEUED, only_from={JobState.FINISHED})
     assert stored(db, jobs) == before
+    moving = [jobs[0], jobs[2]]  # the allowed moves alone go through (one statement each)
+    with db.begin() as conn:
+        store_terminal(conn, [{**row, "_id": j} for j in moving])
+    assert stored(db, moving) == [("finished", b"new", 1)] * 2
 
 
 def check_guarded_moves(db: Engine) -> None:

@@ -75,7 +75,8 @@ def transition(
         match: ``column = value`` conditions every job must also meet (``only_from`` only).
         skip_locked: PostgreSQL skips jobs another transaction holds (claims; ``only_from``).
 
-    Without ``rows`` the jobs move in bulk: one statement per 1,000 ids.
+    Without ``rows`` the jobs move in bulk: one statement per 1,000 ids. Column names are
+    the callers' own (this module's), never input.
     """
     if not job_ids:
         return []
