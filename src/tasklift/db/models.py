@@ -5,8 +5,6 @@ Times are float seconds since the epoch (UTC), which keeps bulk writes cheap on 
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import (
     Float,
     ForeignKey,
@@ -223,41 +221,32 @@ class WebSession(Base):
     """Last use, written at most once a minute."""
 
 
-def _link_columns(table: str) -> tuple[Any, ...]:
-    """The columns of a data dependency between two rows of ``table``: its id, the two ends
-    (``<row>_id`` takes its argument ``arg`` from ``upstream_<row>_id``) and the ``mode``."""
-    return (
-        mapped_column(Integer, primary_key=True, autoincrement=True),
-        mapped_column(ForeignKey(f"{table}.id"), index=True),
-        mapped_column(ForeignKey(f"{table}.id"), index=True),
-        mapped_column(String(200)),
-        mapped_column(String(10)),
-    )
+class _Dependency:
+    """The columns every data dependency has (mixed into :class:`JobDep`, :class:`WorkEdge`)."""
+
+    # sort_order: id first, then the two ends, then these (the order the tables were made in)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True, sort_order=-1)
+    arg: Mapped[str] = mapped_column(String(200), sort_order=1)
+    """The argument the downstream side takes (``#3`` = 4th positional)."""
+    mode: Mapped[str] = mapped_column(String(10), sort_order=1)
 
 
-class JobDep(Base):
-    """Job ``job_id`` takes the result of ``upstream_job_id`` as its argument ``arg``."""
+class JobDep(_Dependency, Base):
+    """Job ``job_id`` takes the result of ``upstream_job_id`` as its argument ``arg``;
+    ``mode`` is ``one`` (the upstream result itself) or ``all`` (one element of a list, by
+    idx)."""
 
     __tablename__ = "job_deps"
 
-    id: Mapped[int]
-    job_id: Mapped[int]
-    upstream_job_id: Mapped[int]
-    arg: Mapped[str]
-    mode: Mapped[str]
-    """``one`` (the upstream result itself) or ``all`` (one element of a list, by idx)."""
-    id, job_id, upstream_job_id, arg, mode = _link_columns("jobs")
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    upstream_job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
 
 
-class WorkEdge(Base):
-    """A data dependency between two works of a workflow (the DAG the monitor draws)."""
+class WorkEdge(_Dependency, Base):
+    """A data dependency between two works of a workflow (the DAG the monitor draws); ``mode``
+    is ``each`` (job i <- job i), ``all`` (every job <- all upstream jobs) or ``job`` (one)."""
 
     __tablename__ = "work_edges"
 
-    id: Mapped[int]
-    work_id: Mapped[int]
-    upstream_work_id: Mapped[int]
-    arg: Mapped[str]
-    mode: Mapped[str]
-    """``each`` (job i <- job i), ``all`` (every job <- all upstream jobs), ``job`` (one)."""
-    id, work_id, upstream_work_id, arg, mode = _link_columns("works")
+    work_id: Mapped[int] = mapped_column(ForeignKey("works.id"), index=True)
+    upstream_work_id: Mapped[int] = mapped_column(ForeignKey("works.id"), index=True)
