@@ -33,7 +33,7 @@ import psycopg
 import sqlalchemy as sa
 import uvicorn
 
-from tasklift.db import queries as q
+from tasklift.db import tables
 from tasklift.db.session import create_db_engine, upgrade
 from tasklift.service.app import create_app
 from tasklift.service.auth import Authenticator
@@ -152,8 +152,8 @@ def fill(db_url: str, n_total: int) -> dict[str, int]:
         plan.work_id = i + 1
     engine = sa.create_engine(db_url)
     with engine.begin() as conn:
-        conn.execute(sa.insert(q.workflows), workflows)
-        conn.execute(sa.insert(q.works), [_work_row(p) for p in plans])
+        conn.execute(sa.insert(tables.workflows), workflows)
+        conn.execute(sa.insert(tables.works), [_work_row(p) for p in plans])
     engine.dispose()
     rng, failed, next_id = random.Random(7), [], 1
     conninfo = sa.make_url(db_url).set(drivername="postgresql").render_as_string(False)

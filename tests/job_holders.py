@@ -7,7 +7,9 @@ import time
 
 from sqlalchemy import Engine, insert, update
 
-from tasklift.db import queries as q
+from tasklift.db import tables
+from tasklift.db.workflows import insert_workflow
+from tasklift.db.works import insert_work
 
 
 def running_job(
@@ -18,12 +20,12 @@ def running_job(
     now = time.time()
     with db.begin() as conn:
         if workflow_id is None:
-            workflow_id = q.insert_workflow(conn, name="holder", owner=owner, function="m:f")
-        work_id = q.insert_work(
+            workflow_id = insert_workflow(conn, name="holder", owner=owner, function="m:f")
+        work_id = insert_work(
             conn, workflow_id=workflow_id, name="holder", function="m:f", memo_key="0" * 64,
             status="running", options="{}", n_jobs=1,
         )
-        job_id = int(conn.execute(insert(q.jobs).values(
+        job_id = int(conn.execute(insert(tables.jobs).values(
             work_id=work_id, idx=0, key="0" * 64, payload=b"{}", state="running", attempts=1,
             created_at=now,
         )).inserted_primary_key[0])
@@ -33,4 +35,4 @@ def running_job(
 def end_job(db: Engine, job_id: int, state: str = "finished") -> None:
     """Mark the job terminal: tokens it holds are refused from now on."""
     with db.begin() as conn:
-        conn.execute(update(q.jobs).where(q.jobs.c.id == job_id).values(state=state))
+        conn.execute(update(tables.jobs).where(tables.jobs.c.id == job_id).values(state=state))

@@ -1,18 +1,26 @@
-"""Job, work and workflow states, the terminal sets, and the one table of allowed moves."""
+"""Job, work and workflow states, the terminal sets, the one table of allowed job moves
+(:data:`ALLOWED`, enforced where job state is written: ``tasklift.db.jobs.transition``), and
+the rule that makes a work's state from its job counters (:func:`work_state`)."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from enum import StrEnum
 
 __all__ = [
     "ALLOWED",
     "JOB_TERMINAL",
+    "SOURCES",
     "WORKFLOW_TERMINAL",
     "WORK_TERMINAL",
+    "IllegalTransition",
     "JobState",
     "WorkState",
     "WorkflowState",
     "check_transition",
+    "needed_successes",
+    "work_state",
 ]
 
 
@@ -72,6 +80,9 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
             JobState.CANCELLED,
             JobState.LOST,
             JobState.PENDING,  # requeued for a retry
+            # the job's ``when=`` was false: its runner reports it skipped, whether or not the
+            # start was recorded first (starts are recorded in batches)
+            JobState.SKIPPED,
         }
     ),
     JobState.RUNNING: frozenset(
@@ -81,6 +92,7 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
             JobState.CANCELLED,
             JobState.LOST,
             JobState.PENDING,
+            JobState.SKIPPED,  # the job's ``when=`` was false (as from queued)
         }
     ),
     JobState.LOST: frozenset({JobState.PENDING, JobState.FAILED, JobState.CANCELLED}),
@@ -93,10 +105,36 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
 }
 
 
+SOURCES: dict[JobState, frozenset[JobState]] = {
+    finish: frozenset(start for start, targets in ALLOWED.items() if finish in targets)
+    for finish in JobState
+}
+"""The states a job may move to each state from (:data:`ALLOWED` read backwards)."""
+
+
+class IllegalTransition(ValueError):
+    """A job state move that :data:`ALLOWED` forbids; ``moves`` lists ``(job id or None,
+    from state or None, to state)``: ``None`` for a job that does not exist."""
+
+    def __init__(self, moves: Iterable[tuple[int | None, str | None, str]]) -> None:
+        self.moves = list(moves)
+        super().__init__(self.moves)
+
+    def __str__(self) -> str:
+        shown = [
+            ("" if job is None else f"job {job} ")
+            + (f"from {start} to {finish}" if start else f"to {finish}: no such job")
+            for job, start, finish in self.moves[:10]
+        ]
+        more = f" and {len(self.moves) - 10} more" if len(self.moves) > 10 else ""
+        return "job state cannot move " + "; ".join(shown) + more
+
+
 def check_transition(start: JobState, finish: JobState) -> None:
-    """Raise ``ValueError`` unless a job may move from ``start`` to ``finish``."""
+    """Raise :class:`IllegalTransition` (a ``ValueError``) unless a job may move from
+    ``start`` to ``finish``."""
     if finish not in ALLOWED[start]:
-        raise ValueError(f"job state cannot move from {start.value} to {finish.value}")
+        raise IllegalTransition([(None, start.value, finish.value)])
 
 
 class WorkState(StrEnum):
@@ -134,3 +172,30 @@ class WorkflowState(StrEnum):
 WORKFLOW_TERMINAL: frozenset[WorkflowState] = frozenset(
     {WorkflowState.FINISHED, WorkflowState.FAILED, WorkflowState.CANCELLED}
 )
+
+
+def needed_successes(n_jobs: int, min_success: float) -> int:
+    """How many jobs of ``n_jobs`` must finish for the work to succeed."""
+    return min(n_jobs, math.ceil(min_success * n_jobs - 1e-9))
+
+
+def work_state(
+    n_jobs: int,
+    n_finished: int,
+    n_failed: int,
+    n_cancelled: int,
+    min_success: float,
+    n_skipped: int = 0,
+) -> WorkState:
+    """Return the work's state from its counters (``RUNNING`` until every job is terminal).
+
+    Skipped jobs (a false ``when=``) were meant not to run: they leave the denominator of
+    ``min_success``. Jobs that never ran because an input failed count as failed.
+    """
+    if n_finished + n_failed + n_cancelled + n_skipped < n_jobs:
+        return WorkState.RUNNING
+    if n_finished >= needed_successes(n_jobs - n_skipped, min_success):
+        return WorkState.FINISHED
+    if n_cancelled and n_failed == 0:
+        return WorkState.CANCELLED
+    return WorkState.FAILED

@@ -10,8 +10,11 @@ import orjson
 import pytest
 from sqlalchemy import update
 
-from tasklift.db import queries as q
+from tasklift.db import tables
+from tasklift.db.jobs import insert_jobs
 from tasklift.db.session import create_db_engine, upgrade
+from tasklift.db.workflows import insert_workflow
+from tasklift.db.works import insert_work
 from tasklift.service.web import queries as wq
 from tasklift.service.web import workflow_edges
 from tasklift.service.web.convergence import MAX_POINTS, convergence, sample_indexes
@@ -30,7 +33,7 @@ def db(tmp_path: Path):
 
 
 def _work(conn, workflow_id: int, seq: int, results: list, serializer: str = "json") -> int:
-    work_id = q.insert_work(
+    work_id = insert_work(
         conn,
         workflow_id=workflow_id,
         seq=seq,
@@ -42,15 +45,15 @@ def _work(conn, workflow_id: int, seq: int, results: list, serializer: str = "js
         n_jobs=len(results),
         n_finished=len(results),
     )
-    ids = q.insert_jobs(
+    ids = insert_jobs(
         conn,
         work_id,
         [(f"{work_id}-{i}", orjson.dumps({"kwargs": {"i": i}})) for i in range(len(results))],
     )
     for job_id, value in zip(ids, results, strict=True):
         conn.execute(
-            update(q.jobs)
-            .where(q.jobs.c.id == job_id)
+            update(tables.jobs)
+            .where(tables.jobs.c.id == job_id)
             .values(state="finished", result=orjson.dumps(value), started_at=1.0, finished_at=3.5)
         )
     return work_id
@@ -93,7 +96,7 @@ def test_dag_svg_links_every_work_and_escapes_names():
 
 def test_edges_follow_submission_order_and_convergence_tracks_the_best(db):
     with db.begin() as conn:
-        wf = q.insert_workflow(conn, name="hpo", owner="a", function="m:f")
+        wf = insert_workflow(conn, name="hpo", owner="a", function="m:f")
         first = _work(conn, wf, 0, [{"loss": 3.0, "auc": 0.5}, {"loss": 2.0, "auc": 0.7}])
         second = _work(conn, wf, 1, [{"loss": 2.5, "auc": 0.9}, {"loss": 1.0, "auc": 0.6}])
         third = _work(conn, wf, 2, [{"loss": 4.0, "auc": 0.1}])
@@ -118,7 +121,7 @@ def test_edges_follow_submission_order_and_convergence_tracks_the_best(db):
 def test_large_works_are_sampled_evenly(db):
     n = MAX_POINTS * 2
     with db.begin() as conn:
-        wf = q.insert_workflow(conn, name="big", owner="a", function="m:f")
+        wf = insert_workflow(conn, name="big", owner="a", function="m:f")
         _work(conn, wf, 0, [float(i % 97) for i in range(n)])
     with db.connect() as conn:
         data = convergence(conn, wq.works_of(conn, wf), field=None, mode="max")
@@ -132,9 +135,9 @@ def test_large_works_are_sampled_evenly(db):
 
 def test_keyset_pages_walk_forwards_and_back(db):
     with db.begin() as conn:
-        wf = q.insert_workflow(conn, name="w", owner="a", function="m:f")
+        wf = insert_workflow(conn, name="w", owner="a", function="m:f")
         work = _work(conn, wf, 0, list(range(23)))
-        conn.execute(update(q.jobs).where(q.jobs.c.idx % 2 == 0).values(state="failed"))
+        conn.execute(update(tables.jobs).where(tables.jobs.c.idx % 2 == 0).values(state="failed"))
     with db.connect() as conn:
         first = wq.jobs_in_state(conn, work, ("failed",), size=5)
         assert [r["idx"] for r in first.rows] == [0, 2, 4, 6, 8]

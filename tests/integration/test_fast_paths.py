@@ -10,7 +10,7 @@ from sqlalchemy import select
 from tasklift import Workflow, get_unique_id_for_dict
 from tasklift.api import joblist
 from tasklift.api.run import embedded_engine
-from tasklift.db import queries as q
+from tasklift.db import tables
 from tasklift.engine import dispatch, store, works
 from tasklift.keys import occurrence_key
 from tasklift.settings import Settings
@@ -36,7 +36,7 @@ def job_rows(settings: Settings, work_id: int) -> list[dict]:
     engine = embedded_engine(settings)
     with engine.db.connect() as conn:
         rows = conn.execute(
-            select(q.jobs).where(q.jobs.c.work_id == work_id).order_by(q.jobs.c.idx)
+            select(tables.jobs).where(tables.jobs.c.work_id == work_id).order_by(tables.jobs.c.idx)
         ).mappings()
         return [dict(r) for r in rows]
 

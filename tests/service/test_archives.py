@@ -18,7 +18,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from job_holders import running_job
 from tasklift.archive import PackedArchive, pack_source
-from tasklift.db import queries as q
+from tasklift.db import tables
 from tasklift.db.session import create_db_engine, upgrade
 from tasklift.service.app import create_app
 from tasklift.settings import Settings
@@ -84,7 +84,11 @@ def _stored_files(client: TestClient) -> list[str]:
 
 def _db_row(client: TestClient, sha: str) -> dict[str, object] | None:
     with _state(client).engine.db.connect() as conn:
-        row = conn.execute(select(q.archives).where(q.archives.c.sha256 == sha)).mappings().first()
+        row = (
+            conn.execute(select(tables.archives).where(tables.archives.c.sha256 == sha))
+            .mappings()
+            .first()
+        )
     return dict(row) if row is not None else None
 
 

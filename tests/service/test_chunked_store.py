@@ -16,9 +16,11 @@ import tasklift
 from tasklift import Workflow
 from tasklift.api import joblist
 from tasklift.api.run import embedded_engine
-from tasklift.db import hot
-from tasklift.db import queries as q
+from tasklift.db import hot, tables
+from tasklift.db.jobs import insert_jobs
 from tasklift.db.session import create_db_engine, upgrade
+from tasklift.db.workflows import insert_workflow
+from tasklift.db.works import insert_work
 from tasklift.engine import dispatch, store, works
 from tasklift.settings import Settings
 
@@ -75,7 +77,9 @@ def test_a_large_work_is_stored_paced_on_postgresql_only(
     try:
         with engine.connect() as conn:
             idx = conn.execute(
-                sa.select(q.jobs.c.idx).where(q.jobs.c.work_id == work_id).order_by(q.jobs.c.idx)
+                sa.select(tables.jobs.c.idx)
+                .where(tables.jobs.c.work_id == work_id)
+                .order_by(tables.jobs.c.idx)
             ).scalars()
             assert list(idx) == list(range(300))  # every job stored exactly once
     finally:
@@ -104,19 +108,21 @@ def test_job_rows_go_in_by_copy_on_postgresql(pg_url: str, monkeypatch: pytest.M
     rows = [(f"k{i}", bytes([i, 0, 92, 9, 10, 13, 255 - i]) + b"\\N") for i in range(256)]
     try:
         with engine.begin() as conn:
-            workflow_id = q.insert_workflow(
+            workflow_id = insert_workflow(
                 conn, name="w", function="m:f", backend="local", source_dir="/tmp",
                 archive_sha="x", archive_size=0, fresh=False,
             )  # fmt: skip
-            work_id = q.insert_work(
+            work_id = insert_work(
                 conn, workflow_id=workflow_id, name="w", function="m:f", script=None,
                 archive_sha="x", memo_key="m", status="running", options="{}", n_jobs=261,
                 when_predicate=None,
             )  # fmt: skip
-            ids = q.insert_jobs(conn, work_id, rows, claim=3, skip={6}, engine_id="e1", first=5)
+            ids = insert_jobs(conn, work_id, rows, claim=3, skip={6}, engine_id="e1", first=5)
         with engine.connect() as conn:
             stored = conn.execute(
-                sa.select(q.jobs).where(q.jobs.c.work_id == work_id).order_by(q.jobs.c.idx)
+                sa.select(tables.jobs)
+                .where(tables.jobs.c.work_id == work_id)
+                .order_by(tables.jobs.c.idx)
             ).mappings().all()  # fmt: skip
     finally:
         engine.dispose()

@@ -18,9 +18,10 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from tasklift.bus.base import work_destination
-from tasklift.db import queries as q
+from tasklift.db import tables
 from tasklift.db.session import create_db_engine
 from tasklift.embedded import build_engine
+from tasklift.records import ResultRecord
 from tasklift.settings import Settings
 from tasklift.states import JobState
 
@@ -65,7 +66,9 @@ def _count_jobs(db: sa.Engine, work_id: int) -> int:
     with db.connect() as conn:
         return int(
             conn.execute(
-                sa.select(sa.func.count()).select_from(q.jobs).where(q.jobs.c.work_id == work_id)
+                sa.select(sa.func.count())
+                .select_from(tables.jobs)
+                .where(tables.jobs.c.work_id == work_id)
             ).scalar_one()
         )
 
@@ -123,17 +126,17 @@ def test_a_work_whose_engine_died_mid_store_is_cancelled_when_it_restarts(
         with db.begin() as conn:
             # as a server's workflows (made through the API: no client pid); else closing the
             # dead submitter's workflow would end the work before the engine resumes
-            conn.execute(sa.update(q.workflows).values(client_pid=None))
+            conn.execute(sa.update(tables.workflows).values(client_pid=None))
 
         # the engine restarts under the same name: it cancels the work it was storing
         engine = build_engine(
             Settings(home=home, db_url=pg_url, workers=1, quiet=True, engine_name="engine-1"),
             resume=True,
         )
-        heard: list[q.ResultRecord] = []
+        heard: list[ResultRecord] = []
         got = threading.Lock()
 
-        def reader(records: list[q.ResultRecord]) -> None:
+        def reader(records: list[ResultRecord]) -> None:
             with got:
                 heard.extend(records)
 

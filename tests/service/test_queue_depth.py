@@ -22,8 +22,10 @@ import pytest
 import sqlalchemy as sa
 
 from tasklift.db import hot
-from tasklift.db import queries as q
+from tasklift.db.jobs import claim_jobs, pending_jobs
 from tasklift.db.session import create_db_engine, upgrade
+from tasklift.db.workflows import insert_workflow
+from tasklift.db.works import insert_work
 
 REPO = Path(__file__).resolve().parents[2]
 DEPTH = 50_000
@@ -46,11 +48,11 @@ def _queue(pg_url: str, depth: int) -> Iterator[tuple[sa.Engine, int]]:
     engine = create_db_engine(pg_url)
     upgrade(engine)
     with engine.begin() as conn:
-        workflow_id = q.insert_workflow(
+        workflow_id = insert_workflow(
             conn, name="deep", function="m:f", backend="local", source_dir="/tmp",
             archive_sha="x", archive_size=0, fresh=False,
         )  # fmt: skip
-        work_id = q.insert_work(
+        work_id = insert_work(
             conn, workflow_id=workflow_id, name="deep", function="m:f", script=None,
             archive_sha="x", memo_key="m", status="running", options="{}", n_jobs=depth,
             when_predicate=None,
@@ -99,9 +101,9 @@ def test_claim_looks_jobs_up_by_key_only(queue, monkeypatch):
     with engine.connect() as conn:
         first, n = conn.execute(sa.text("SELECT MIN(id), COUNT(*) FROM jobs")).one()
         ids = list(range(first + n // 2, first + n // 2 + 250))
-        claimed = q.claim_jobs(conn, ids, "engine-a")
+        claimed = claim_jobs(conn, ids, "engine-a")
         assert claimed == set(ids)
-        assert q.claim_jobs(conn, ids, "engine-b") == set()  # taken: never handed out twice
+        assert claim_jobs(conn, ids, "engine-b") == set()  # taken: never handed out twice
         sql, params = seen[0]
         nodes = _explain(conn, sql, params)
         conn.rollback()
@@ -129,7 +131,7 @@ def test_page_of_pending_jobs_is_an_index_range(deep_queue):
     sa.event.listen(engine, "before_cursor_execute", record)
     try:
         with engine.connect() as conn:
-            rows = q.pending_jobs(conn, work_id, DEPTH // 2, 5000)
+            rows = pending_jobs(conn, work_id, DEPTH // 2, 5000)
     finally:
         sa.event.remove(engine, "before_cursor_execute", record)
     assert [r[1] for r in rows] == list(range(DEPTH // 2 + 1, DEPTH // 2 + 5001))

@@ -14,9 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, update
 from starlette.exceptions import StarletteDeprecationWarning
 
-from tasklift.db import queries as q
+from tasklift.db.jobs import insert_jobs
 from tasklift.db.models import Job
 from tasklift.db.session import create_db_engine, upgrade
+from tasklift.db.workflows import finish_workflow
+from tasklift.db.works import bump_work_counters, insert_work
 from tasklift.service.app import create_app
 from tasklift.service.metrics import ServiceMetrics, observe_result_latency
 from tasklift.settings import Settings
@@ -106,7 +108,7 @@ def test_metrics_count_jobs_workflows_and_latency(client: TestClient) -> None:
         JobState.FAILED,
     ]
     with engine.db.begin() as conn:
-        work_id = q.insert_work(
+        work_id = insert_work(
             conn,
             workflow_id=workflow_id,
             seq=0,
@@ -117,13 +119,13 @@ def test_metrics_count_jobs_workflows_and_latency(client: TestClient) -> None:
             options="{}",
             n_jobs=len(states),
         )
-        ids = q.insert_jobs(conn, work_id, [(f"k{i}", b"") for i in range(len(states))])
+        ids = insert_jobs(conn, work_id, [(f"k{i}", b"") for i in range(len(states))])
         for job_id, state in zip(ids, states, strict=True):
             conn.execute(update(Job).where(Job.id == job_id).values(state=state.value))
-        q.bump_work_counters(conn, work_id, 1, 1, 0)
+        bump_work_counters(conn, work_id, 1, 1, 0)
     done = engine.create_workflow(name="old", function="main:wf", owner="bob")
     with engine.db.begin() as conn:
-        q.finish_workflow(conn, done, "finished", None, None)
+        finish_workflow(conn, done, "finished", None, None)
 
     _state(client).metrics.observe_result_latency(0.2)
     observe_result_latency(_state(client).metrics, 3.0)

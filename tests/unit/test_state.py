@@ -2,10 +2,18 @@
 
 import pytest
 
-from tasklift.db.queries import WorkCounts
-from tasklift.engine.state import decide, needed_successes, state_of, work_state
+from tasklift.db.works import WorkCounts, state_of
+from tasklift.engine.state import decide
 from tasklift.records import Outcome
-from tasklift.states import ALLOWED, JOB_TERMINAL, JobState, WorkState, check_transition
+from tasklift.states import (
+    ALLOWED,
+    JOB_TERMINAL,
+    JobState,
+    WorkState,
+    check_transition,
+    needed_successes,
+    work_state,
+)
 
 
 def test_success_finishes():

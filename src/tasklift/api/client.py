@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from tasklift.archive import PackedArchive
     from tasklift.backends.base import Backend
     from tasklift.bus.base import Bus
-    from tasklift.engine.dataflow import Ref
+    from tasklift.db.dataflow import Ref
     from tasklift.engine.live import WorkRecord
     from tasklift.records import ResultRecord, WorkSpec
     from tasklift.settings import Settings

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from tasklift.api.map_result import MapResult
 from tasklift.api.waiting import AsyncResult
-from tasklift.engine.state import needed_successes
 from tasklift.errors import (
     JobFailure,
     JobSkipped,
@@ -22,7 +21,7 @@ from tasklift.errors import (
 )
 from tasklift.records import ResultRecord
 from tasklift.serializers import get_serializer
-from tasklift.states import JobState, WorkState
+from tasklift.states import JobState, WorkState, needed_successes
 
 if TYPE_CHECKING:
     from tasklift.api.client import EngineClient

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TextIO
 from sqlalchemy import func, select
 
 from tasklift.archive import OUTPUT_DIR, archive_path, list_members
-from tasklift.db import queries as q
+from tasklift.db import tables
 from tasklift.errors import ArchiveError
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def reuse_hint(engine: Engine, *, function: str, source_dir: str, archive_sha: s
     and finished jobs, but one under another archive did: the message names that run and up to
     :data:`MAX_LISTED` files that differ between the two archives.
     """
-    wf, works = q.workflows, q.works
+    wf, works = tables.workflows, tables.works
     finished = (
         select(wf.c.id, wf.c.archive_sha)
         .join(works, works.c.workflow_id == wf.c.id)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from tasklift.api.workflow_run import WorkflowRun
-    from tasklift.engine.dataflow import Ref
+    from tasklift.db.dataflow import Ref
     from tasklift.engine.engine import WorkRecord
 
 __all__ = ["function_location", "submit_work"]
@@ -193,7 +193,7 @@ def _split_refs(
     fn: WorkFunction, run: WorkflowRun, calls: list[tuple[list[Any], dict[str, Any]]]
 ) -> tuple[list[Any], list[Any], list[list[Ref]] | None]:
     """Replace inputs from other works by placeholders (payload) and upstream keys (job key)."""
-    from tasklift.engine.dataflow import Ref
+    from tasklift.db.dataflow import Ref
 
     if not _has_ref(calls):
         return calls, calls, None  # the common case, without copying every call

@@ -20,8 +20,10 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from tasklift.db import queries as q
+from tasklift.db import tables
 from tasklift.db.session import create_db_engine, mask_url, upgrade
+from tasklift.db.workflows import WORKFLOW_COUNTS, workflow_totals
+from tasklift.db.works import running_work_ids
 from tasklift.engine.recovery import close_orphaned_workflows, process_alive
 from tasklift.settings import Settings
 from tasklift.states import WORK_TERMINAL, WORKFLOW_TERMINAL, JobState, WorkflowState
@@ -109,7 +111,7 @@ def _json(data: bytes | None) -> Any:
         return {"__undecodable__": f"{len(data)} bytes (not JSON: a pickle-serialized value)"}
 
 
-COUNTS = q.WORKFLOW_COUNTS
+COUNTS = WORKFLOW_COUNTS
 
 
 def _workflow_dict(row: Any) -> dict[str, Any]:
@@ -124,7 +126,7 @@ def _workflow_dict(row: Any) -> dict[str, Any]:
 def list_workflows(db: DBEngine, status: str | None, limit: int) -> list[dict[str, Any]]:
     """The newest ``limit`` workflows (of one status), with their job counters."""
     close_orphaned_workflows(db)  # a killed submitter's workflow must not look running
-    w, totals = q.workflows, q.workflow_totals()
+    w, totals = tables.workflows, workflow_totals()
     stmt = (
         select(w, *(totals.c[name] for name in COUNTS))
         .outerjoin(totals, totals.c.workflow_id == w.c.id)
@@ -140,7 +142,7 @@ def list_workflows(db: DBEngine, status: str | None, limit: int) -> list[dict[st
 def get_workflow(db: DBEngine, workflow_id: int) -> dict[str, Any]:
     """One workflow with its counters, arguments and result (decoded JSON)."""
     close_orphaned_workflows(db)
-    w, totals = q.workflows, q.workflow_totals()
+    w, totals = tables.workflows, workflow_totals()
     stmt = (
         select(w, *(totals.c[name] for name in COUNTS))
         .outerjoin(totals, totals.c.workflow_id == w.c.id)
@@ -157,7 +159,9 @@ def list_works(db: DBEngine, workflow_id: int) -> list[dict[str, Any]]:
     """The works of a workflow in submission order."""
     with db.connect() as conn:
         rows = conn.execute(
-            select(q.works).where(q.works.c.workflow_id == workflow_id).order_by(q.works.c.seq)
+            select(tables.works)
+            .where(tables.works.c.workflow_id == workflow_id)
+            .order_by(tables.works.c.seq)
         ).mappings()
         return [dict(r) for r in rows]
 
@@ -182,20 +186,23 @@ def list_jobs(
     db: DBEngine, work_id: int, states: list[str] | None, limit: int
 ) -> list[dict[str, Any]]:
     """A work's jobs in submission order (only those in ``states`` when given)."""
-    j = q.jobs
+    j = tables.jobs
     columns = [j.c[name] for name in (*JOB_KEYS, "payload", "result")]
     stmt = select(*columns).where(j.c.work_id == work_id).order_by(j.c.idx).limit(limit)
     if states:
         stmt = stmt.where(j.c.state.in_(states))
     with db.connect() as conn:
-        if conn.execute(select(q.works.c.id).where(q.works.c.id == work_id)).first() is None:
+        if (
+            conn.execute(select(tables.works.c.id).where(tables.works.c.id == work_id)).first()
+            is None
+        ):
             raise click.ClickException(f"work {work_id} does not exist")
         return [_job_dict(r) for r in conn.execute(stmt).mappings()]
 
 
 def get_job_logs(db: DBEngine, job_id: int) -> dict[str, Any]:
     """A job's captured stdout and stderr, its state and (failed jobs) its traceback."""
-    j = q.jobs
+    j = tables.jobs
     with db.connect() as conn:
         row = (
             conn.execute(
@@ -299,7 +306,7 @@ def cancel_workflow(settings: Settings, db: DBEngine, workflow_id: int) -> dict[
     engine = build_engine(settings)
     try:
         with db.connect() as conn:
-            running = q.running_work_ids(conn, workflow_id)
+            running = running_work_ids(conn, workflow_id)
         for work_id in running:
             engine.cancel_work(int(work_id))
         engine.finish_workflow(
@@ -348,9 +355,9 @@ def retry_workflow(
         engine.close()
     with db.connect() as conn:
         counts = conn.execute(
-            select(q.jobs.c.state, func.count())
-            .join(q.works, q.works.c.id == q.jobs.c.work_id)
-            .where(q.works.c.workflow_id == workflow_id)
-            .group_by(q.jobs.c.state)
+            select(tables.jobs.c.state, func.count())
+            .join(tables.works, tables.works.c.id == tables.jobs.c.work_id)
+            .where(tables.works.c.workflow_id == workflow_id)
+            .group_by(tables.jobs.c.state)
         ).all()
     return total, {str(state): int(n) for state, n in counts if state != JobState.PENDING.value}

@@ -5,7 +5,7 @@ machinery costing about three times the statements themselves on SQLite for the 
 statements that run once per work, per dispatch batch or per outcome batch: store a work and
 its jobs, claim jobs, bump a work's counters, store outcomes, look up memoised jobs. Those run
 here as plain SQL on the DBAPI cursor of the caller's connection, inside its transaction
-(callers own it, as everywhere in :mod:`tasklift.db.queries`). The same text serves SQLite and
+(callers own it, as everywhere in :mod:`tasklift.db`). The same text serves SQLite and
 PostgreSQL: ``?`` placeholders become ``%s`` for psycopg. Every other statement stays Core.
 Bulk job rows go through ``COPY ... FROM STDIN`` on PostgreSQL (:func:`copy_many`).
 """
@@ -18,7 +18,21 @@ from typing import Any
 
 from sqlalchemy import Connection, Table
 
-__all__ = ["copy_many", "execute", "executemany", "insert_many", "insert_row", "placeholders"]
+__all__ = [
+    "chunks",
+    "copy_many",
+    "execute",
+    "executemany",
+    "insert_many",
+    "insert_row",
+    "placeholders",
+]
+
+
+def chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
+    """Yield ``items`` in slices of ``size`` (keeps IN lists and bind counts bounded)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 @functools.lru_cache(maxsize=256)
@@ -40,13 +54,15 @@ def execute(conn: Connection, sql: str, params: Sequence[Any] = ()) -> list[tupl
         cursor.close()
 
 
-def executemany(conn: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-    """Run one statement once per parameter row (no result rows)."""
+def executemany(conn: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+    """Run one statement once per parameter row (no result rows); return how many rows it
+    changed in all."""
     if not rows:
-        return
+        return 0
     cursor, qmark = _cursor(conn)
     try:
         cursor.executemany(_dialect_text(sql, qmark), rows)
+        return int(cursor.rowcount)
     finally:
         cursor.close()
 

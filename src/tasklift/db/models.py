@@ -221,27 +221,32 @@ class WebSession(Base):
     """Last use, written at most once a minute."""
 
 
-class JobDep(Base):
-    """Job ``job_id`` takes the result of ``upstream_job_id`` as its argument ``arg``."""
+class _Dependency:
+    """The columns every data dependency has (mixed into :class:`JobDep`, :class:`WorkEdge`)."""
+
+    # sort_order: id first, then the two ends, then these (the order the tables were made in)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True, sort_order=-1)
+    arg: Mapped[str] = mapped_column(String(200), sort_order=1)
+    """The argument the downstream side takes (``#3`` = 4th positional)."""
+    mode: Mapped[str] = mapped_column(String(10), sort_order=1)
+
+
+class JobDep(_Dependency, Base):
+    """Job ``job_id`` takes the result of ``upstream_job_id`` as its argument ``arg``;
+    ``mode`` is ``one`` (the upstream result itself) or ``all`` (one element of a list, by
+    idx)."""
 
     __tablename__ = "job_deps"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     upstream_job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
-    arg: Mapped[str] = mapped_column(String(200))
-    mode: Mapped[str] = mapped_column(String(10))
-    """``one`` (the upstream result itself) or ``all`` (one element of a list, by idx)."""
 
 
-class WorkEdge(Base):
-    """A data dependency between two works of a workflow (the DAG the monitor draws)."""
+class WorkEdge(_Dependency, Base):
+    """A data dependency between two works of a workflow (the DAG the monitor draws); ``mode``
+    is ``each`` (job i <- job i), ``all`` (every job <- all upstream jobs) or ``job`` (one)."""
 
     __tablename__ = "work_edges"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     work_id: Mapped[int] = mapped_column(ForeignKey("works.id"), index=True)
     upstream_work_id: Mapped[int] = mapped_column(ForeignKey("works.id"), index=True)
-    arg: Mapped[str] = mapped_column(String(200))
-    mode: Mapped[str] = mapped_column(String(10))
-    """``each`` (job i <- job i), ``all`` (every job <- all upstream jobs), ``job`` (one)."""

@@ -15,9 +15,9 @@ from typing import Any
 from sqlalchemy import Engine as DBEngine
 from sqlalchemy.exc import SQLAlchemyError
 
-from tasklift.db import queries as q
+from tasklift.db import dataflow
+from tasklift.db.jobs import claim_jobs, pending_jobs, set_handles
 from tasklift.db.session import SerialWriter
-from tasklift.engine import dataflow
 from tasklift.engine.attempts import Attempt
 from tasklift.engine.backend_pool import BackendPool
 from tasklift.engine.job_api_access import JobAPIAccess
@@ -101,7 +101,7 @@ class Dispatcher:
             return
         if backend.handles_outlive_engine:  # e.g. batch-system ids a restart must find
             with self._db.begin() as conn:
-                q.set_handles(conn, [j.job_id for j in batch], handles)
+                set_handles(conn, [j.job_id for j in batch], handles)
         now = time.time()
         remote = backend.runs_remotely
         for job, handle in zip(batch, handles, strict=True):
@@ -134,7 +134,7 @@ class Dispatcher:
                 with self._writer.begin() as conn:
                     rest = [j.job_id for j in batch if j.job_id not in claimed]
                     if rest:
-                        claimed |= q.claim_jobs(conn, rest, self._engine_id)
+                        claimed |= claim_jobs(conn, rest, self._engine_id)
                     if live.has_refs:
                         batch = dataflow.resolve_payloads(
                             conn, [j for j in batch if j.job_id in claimed]
@@ -179,7 +179,7 @@ class Dispatcher:
                 if job.job_id not in live.claimed:
                     ids.append(job.job_id)
             if ids:
-                claims.append((live, q.claim_jobs(conn, ids, self._engine_id)))
+                claims.append((live, claim_jobs(conn, ids, self._engine_id)))
         return claims
 
     def _take(self, live: LiveWork, room: int) -> list[JobSpec]:
@@ -197,7 +197,7 @@ class Dispatcher:
     def _page_in(self, live: LiveWork) -> None:
         assert live.page_after is not None
         with self._db.connect() as conn:
-            rows = q.pending_jobs(conn, live.spec.work_id, live.page_after, PAGE)
+            rows = pending_jobs(conn, live.spec.work_id, live.page_after, PAGE)
         if not rows:
             if live.stored is None:  # else more jobs are being stored: look again then
                 live.page_after = None

@@ -31,9 +31,12 @@ from sqlalchemy.exc import OperationalError
 from tasklift.archive import PackedArchive, archive_path, store_archive
 from tasklift.backends.base import Backend
 from tasklift.bus.base import Bus
-from tasklift.db import queries as q
+from tasklift.db import dataflow, tables
+from tasklift.db.archives import upsert_archive
+from tasklift.db.results import result_records
 from tasklift.db.session import SerialWriter, create_db_engine, upgrade
-from tasklift.engine import dataflow
+from tasklift.db.workflows import finish_workflow, insert_workflow
+from tasklift.db.works import running_work_ids
 from tasklift.engine.announce import Announcer
 from tasklift.engine.attempts import Attempt
 from tasklift.engine.backend_pool import BackendFactory, BackendPool
@@ -203,7 +206,7 @@ class Engine:
         values.setdefault("client_host", socket.gethostname())
         values.setdefault("client_pid", os.getpid())
         with self.db.begin() as conn:
-            return q.insert_workflow(conn, **values)
+            return insert_workflow(conn, **values)
 
     def finish_workflow(
         self, workflow_id: int, status: WorkflowState, result: bytes | None, error: str | None
@@ -215,10 +218,10 @@ class Engine:
         workflow's end is stored first, so whoever sees a work end can read why.
         """
         with self.db.begin() as conn:
-            q.finish_workflow(conn, workflow_id, status.value, result, error)
+            finish_workflow(conn, workflow_id, status.value, result, error)
         if status in (WorkflowState.FAILED, WorkflowState.CANCELLED):
             with self.db.connect() as conn:
-                running = q.running_work_ids(conn, workflow_id)
+                running = running_work_ids(conn, workflow_id)
             reason = (error or "").strip().splitlines()[-1:] or [status.value]
             for work_id in running:
                 self.cancel_work(work_id, f"its workflow {status.value}: {reason[0][:300]}")
@@ -227,7 +230,7 @@ class Engine:
         """Keep an archive in the content store (once per hash); return its path."""
         path = store_archive(self.settings.archive_dir, packed)
         with self.db.begin() as conn:
-            q.upsert_archive(conn, packed.sha256, len(packed.data), packed.n_files)
+            upsert_archive(conn, packed.sha256, len(packed.data), packed.n_files)
         return str(path)
 
     def archive_file(self, sha256: str) -> str:
@@ -282,14 +285,18 @@ class Engine:
         """
         try:
             with self.db.connect() as conn:
-                return q.result_records(conn, work_id, since, limit)
+                return result_records(conn, work_id, since, limit)
         except OperationalError as exc:
             raise DatabaseUnavailable(f"cannot read the results of work {work_id}: {exc}") from exc
 
     def work_row(self, work_id: int) -> dict[str, Any]:
         """The work's row as a dict."""
         with self.db.connect() as conn:
-            row = conn.execute(select(q.works).where(q.works.c.id == work_id)).mappings().first()
+            row = (
+                conn.execute(select(tables.works).where(tables.works.c.id == work_id))
+                .mappings()
+                .first()
+            )
         if row is None:
             raise NotFoundError(f"work {work_id} does not exist")
         return dict(row)

@@ -26,7 +26,7 @@ from sqlalchemy import Engine as DBEngine
 from sqlalchemy import select
 
 from tasklift.backends.base import Backend
-from tasklift.db import queries as q
+from tasklift.db import tables
 from tasklift.engine.attempts import Attempt
 from tasklift.errors import BackendError
 from tasklift.records import Outcome
@@ -218,8 +218,8 @@ class Monitor:
             for i in range(0, len(job_ids), QUERY_CHUNK):
                 chunk = job_ids[i : i + QUERY_CHUNK]
                 rows = conn.execute(
-                    select(q.jobs.c.id, q.jobs.c.heartbeat_at).where(
-                        q.jobs.c.id.in_(chunk), q.jobs.c.heartbeat_at.is_not(None)
+                    select(tables.jobs.c.id, tables.jobs.c.heartbeat_at).where(
+                        tables.jobs.c.id.in_(chunk), tables.jobs.c.heartbeat_at.is_not(None)
                     )
                 )
                 beats.update({int(r[0]): float(r[1]) for r in rows})

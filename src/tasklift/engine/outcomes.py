@@ -16,14 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tasklift.bus.base import work_destination
-from tasklift.db import queries as q
+from tasklift.db import dataflow
+from tasklift.db.jobs import store_retries, store_terminal
 from tasklift.db.session import SerialWriter
-from tasklift.engine import dataflow
+from tasklift.db.workflows import finish_workflow
+from tasklift.db.works import bump_work_counters, set_work_status, state_of
 from tasklift.engine.attempts import Attempt
 from tasklift.engine.live import LiveWork, Memory
-from tasklift.engine.state import decide, state_of, work_state
+from tasklift.engine.state import decide
 from tasklift.records import JobSpec, Outcome, ResultRecord
-from tasklift.states import WORK_TERMINAL, JobState, WorkflowState
+from tasklift.states import WORK_TERMINAL, JobState, WorkflowState, work_state
 
 __all__ = ["HeldOutcomes", "OutcomeRecorder"]
 
@@ -132,8 +134,8 @@ class OutcomeRecorder:
             for row in batch.terminal:
                 row["_done_seq"] = next_seq[row["_work"]]
                 next_seq[row["_work"]] += 1
-            q.store_terminal(conn, batch.terminal)
-            q.store_retries(conn, batch.retry)
+            store_terminal(conn, batch.terminal)
+            store_retries(conn, batch.retry)
             self._finish_remote_workflows(conn, batch.terminal)
             upstream = self._memory.upstream_works
             flowing = [row for row in batch.terminal if row["_work"] in upstream]
@@ -162,13 +164,13 @@ class OutcomeRecorder:
             max(0, live.n_jobs - n_finished - n_failed - live.cancelled),
         )
         work_id = live.spec.work_id
-        counts = q.bump_work_counters(
+        counts = bump_work_counters(
             conn, work_id, finished, failed, 0, skipped, done_status=guess.value
         )
         # the stored counters decide: other engines may have ended jobs of this work
         state = state_of(counts, live.min_success)
         if state in WORK_TERMINAL and state != guess:
-            q.set_work_status(conn, work_id, state.value, finished=True)
+            set_work_status(conn, work_id, state.value, finished=True)
         return counts.last_seq - finished - failed - skipped + 1, state in WORK_TERMINAL
 
     def _finish_remote_workflows(self, conn: Any, rows: list[dict[str, Any]]) -> None:
@@ -179,7 +181,7 @@ class OutcomeRecorder:
             # a remote workflow's function ended
             ok = row["_state"] == JobState.FINISHED.value
             error = row["_traceback"] or f"{row['_error_type']}: {row['_error_message']}"
-            q.finish_workflow(
+            finish_workflow(
                 conn,
                 spec.workflow_id,
                 (WorkflowState.FINISHED if ok else WorkflowState.FAILED).value,

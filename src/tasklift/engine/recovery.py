@@ -16,8 +16,10 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from tasklift.bus.base import work_destination
-from tasklift.db import queries as q
-from tasklift.engine import dataflow
+from tasklift.db import dataflow, tables
+from tasklift.db.jobs import cancel_open_jobs, requeue_jobs, store_unstored_jobs
+from tasklift.db.workflows import finish_workflow
+from tasklift.db.works import running_work_ids, set_storing_by, set_work_status
 from tasklift.engine.announce import Announcer
 from tasklift.engine.attempts import Attempt
 from tasklift.engine.backend_pool import BackendPool
@@ -80,7 +82,9 @@ class Recovery:
         Loop thread."""
         with self._db.begin() as conn:
             running = (
-                conn.execute(select(q.works).where(q.works.c.status == WorkState.RUNNING.value))
+                conn.execute(
+                    select(tables.works).where(tables.works.c.status == WorkState.RUNNING.value)
+                )
                 .mappings()
                 .all()
             )
@@ -107,28 +111,25 @@ class Recovery:
         with self._db.begin() as conn:
             for row in rows:
                 mine = (
-                    q.jobs.c.work_id == row["id"],
-                    q.jobs.c.state.in_(active),
-                    q.jobs.c.claimed_by == self._engine_id,
+                    tables.jobs.c.work_id == row["id"],
+                    tables.jobs.c.state.in_(active),
+                    tables.jobs.c.claimed_by == self._engine_id,
                 )
                 if self._runners_outlive_engine(row):
                     adopted[row["id"]] = list(
                         conn.execute(
                             select(
-                                q.jobs.c.id,
-                                q.jobs.c.idx,
-                                q.jobs.c.attempts,
-                                q.jobs.c.payload,
-                                q.jobs.c.backend_handle,
-                            ).where(*mine, q.jobs.c.backend_handle.is_not(None))
+                                tables.jobs.c.id,
+                                tables.jobs.c.idx,
+                                tables.jobs.c.attempts,
+                                tables.jobs.c.payload,
+                                tables.jobs.c.backend_handle,
+                            ).where(*mine, tables.jobs.c.backend_handle.is_not(None))
                         )
                     )
-                    mine = (*mine, q.jobs.c.backend_handle.is_(None))
-                conn.execute(
-                    q.jobs.update()
-                    .where(*mine)
-                    .values(state=JobState.PENDING.value, attempts=q.jobs.c.attempts - 1)
-                )
+                    mine = (*mine, tables.jobs.c.backend_handle.is_(None))
+                taken = conn.execute(select(tables.jobs.c.id, tables.jobs.c.attempts).where(*mine))
+                requeue_jobs(conn, [(int(j), int(n) - 1) for j, n in taken])
         return adopted
 
     def _end_interrupted_store(self, row: dict[str, Any]) -> None:
@@ -138,20 +139,20 @@ class Recovery:
         work_id, n_jobs = int(row["id"]), int(row["n_jobs"])
         live = self.live_from_row(row)  # notes whether other works take its results
         with self._db.begin() as conn:
-            stored = q.store_unstored_jobs(conn, work_id, n_jobs)
+            stored = store_unstored_jobs(conn, work_id, n_jobs)
             message = (
                 f"the engine stopped while storing this work's jobs ({stored} of {n_jobs} "
                 "stored): run the workflow again; its finished jobs are reused"
             )
-            cancelled = q.cancel_open_jobs(conn, work_id, message)
+            cancelled = cancel_open_jobs(conn, work_id, message)
             cascaded: list[tuple[int, Any]] = []
             if cancelled and work_id in self._memory.upstream_works:
                 cascaded, _ = dataflow.cascade(
                     conn,
                     {r.job_id: (JobState.CANCELLED.value, message) for r in cancelled},
                 )
-            q.set_work_status(conn, work_id, WorkState.CANCELLED.value, finished=True)
-            q.set_storing_by(conn, work_id, None)
+            set_work_status(conn, work_id, WorkState.CANCELLED.value, finished=True)
+            set_storing_by(conn, work_id, None)
         self._memory.store_errors[work_id] = message
         logger.warning("work %s (id %d) cancelled: %s", live.spec.name, work_id, message)
         self._announcer.announce(work_destination(work_id), cancelled)
@@ -201,7 +202,9 @@ class Recovery:
                     running = {
                         int(r["id"]): dict(r)
                         for r in conn.execute(
-                            select(q.works).where(q.works.c.status == WorkState.RUNNING.value)
+                            select(tables.works).where(
+                                tables.works.c.status == WorkState.RUNNING.value
+                            )
                         ).mappings()
                     }
                 self._loop.call(self._apply_scan, running)
@@ -259,16 +262,16 @@ class Recovery:
         with self._db.connect() as conn:
             upstream = (
                 conn.execute(
-                    select(dataflow.edges.c.upstream_work_id).where(
-                        dataflow.edges.c.work_id == row["id"]
+                    select(tables.edges.c.upstream_work_id).where(
+                        tables.edges.c.work_id == row["id"]
                     )
                 )
                 .scalars()
                 .all()
             )
             has_dependents = conn.execute(
-                select(dataflow.edges.c.id)
-                .where(dataflow.edges.c.upstream_work_id == row["id"])
+                select(tables.edges.c.id)
+                .where(tables.edges.c.upstream_work_id == row["id"])
                 .limit(1)
             ).first()
         if has_dependents is not None:
@@ -299,9 +302,11 @@ def close_orphaned_workflows(db: Engine) -> list[int]:
     closed = []
     with db.begin() as conn:
         rows = conn.execute(
-            select(q.workflows.c.id, q.workflows.c.client_pid, q.workflows.c.created_at).where(
-                q.workflows.c.status == WorkflowState.RUNNING.value,
-                q.workflows.c.client_host == host,
+            select(
+                tables.workflows.c.id, tables.workflows.c.client_pid, tables.workflows.c.created_at
+            ).where(
+                tables.workflows.c.status == WorkflowState.RUNNING.value,
+                tables.workflows.c.client_host == host,
             )
         ).all()
         for workflow_id, pid, created_at in rows:
@@ -311,10 +316,10 @@ def close_orphaned_workflows(db: Engine) -> list[int]:
                 f"the submitting process (pid {pid}) exited before the workflow ended; "
                 "its open jobs were cancelled"
             )
-            for work_id in q.running_work_ids(conn, workflow_id):
-                q.cancel_open_jobs(conn, work_id, message)
-                q.set_work_status(conn, work_id, WorkState.CANCELLED.value, finished=True)
-            q.finish_workflow(conn, workflow_id, WorkflowState.CANCELLED.value, None, message)
+            for work_id in running_work_ids(conn, workflow_id):
+                cancel_open_jobs(conn, work_id, message)
+                set_work_status(conn, work_id, WorkState.CANCELLED.value, finished=True)
+            finish_workflow(conn, workflow_id, WorkflowState.CANCELLED.value, None, message)
             logger.info("workflow %d cancelled: %s", workflow_id, message)
             closed.append(int(workflow_id))
     return closed

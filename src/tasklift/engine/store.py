@@ -17,14 +17,21 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine as DBEngine
 
-from tasklift.db import hot
-from tasklift.db import queries as q
+from tasklift.db import dataflow, hot, tables
+from tasklift.db.jobs import insert_jobs, mark_reused
+from tasklift.db.results import find_memo
 from tasklift.db.session import SerialWriter
-from tasklift.engine import dataflow
-from tasklift.engine.state import state_of, work_state
+from tasklift.db.works import (
+    add_reused,
+    bump_work_counters,
+    insert_work,
+    set_storing_by,
+    set_work_status,
+    state_of,
+)
 from tasklift.errors import NotFoundError, SubmissionError
 from tasklift.records import ResultRecord, WorkSpec
-from tasklift.states import WORK_TERMINAL, JobState, WorkflowState, WorkState
+from tasklift.states import WORK_TERMINAL, JobState, WorkflowState, WorkState, work_state
 
 __all__ = [
     "STORE_AHEAD",
@@ -109,10 +116,10 @@ class WorkStore:
                 _check_running(conn, work.workflow_id)
             jobs = work.jobs
             # earlier identical jobs first: they are never claimed
-            memo = q.find_memo(conn, work.memo_key, [k for k, _ in jobs]) if work.reuse else {}
+            memo = find_memo(conn, work.memo_key, [k for k, _ in jobs]) if work.reuse else {}
             hits = {i for i, (key, _) in enumerate(jobs) if key in memo} if memo else set()
             work_id = self._insert_work(conn, work)
-            job_ids = q.insert_jobs(
+            job_ids = insert_jobs(
                 conn, work_id, jobs, claim=work.claim, skip=hits, engine_id=self._engine_id
             )
             stored = StoredWork(work_id, job_ids, [], WorkState.RUNNING)
@@ -137,12 +144,12 @@ class WorkStore:
                 len(stored.ended) - n_failed,
             )
             if stored.status in WORK_TERMINAL:
-                q.set_work_status(conn, work_id, stored.status.value, finished=True)
+                set_work_status(conn, work_id, stored.status.value, finished=True)
         return stored
 
     def _insert_work(self, conn: object, work: WorkToStore) -> int:
         spec = work.spec
-        return q.insert_work(  # takes the workflow's next sequence number
+        return insert_work(  # takes the workflow's next sequence number
             conn,
             workflow_id=work.workflow_id,
             name=spec.name,
@@ -171,11 +178,11 @@ class WorkStore:
         """Store jobs ``begin..`` of a work in one transaction; return its memo hits, ended.
         The ``last`` chunk also clears the work's ``storing_by``: every job is stored."""
         with self.submit_lock, self._writer.begin() as conn:
-            memo = q.find_memo(conn, memo_key, [k for k, _ in chunk]) if reuse else {}
+            memo = find_memo(conn, memo_key, [k for k, _ in chunk]) if reuse else {}
             hits = {begin + i for i, (k, _) in enumerate(chunk) if k in memo}
-            job_ids = q.insert_jobs(conn, work_id, chunk, first=begin, skip=hits)
+            job_ids = insert_jobs(conn, work_id, chunk, first=begin, skip=hits)
             if last:
-                q.set_storing_by(conn, work_id, None)
+                set_storing_by(conn, work_id, None)
             if not hits:
                 return []
             reused = [
@@ -184,15 +191,15 @@ class WorkStore:
                 if begin + i in hits
             ]
             idx_of = {job_id: begin + i for i, job_id in enumerate(job_ids)}
-            counts = q.bump_work_counters(
+            counts = bump_work_counters(
                 conn, work_id, len(reused), 0, 0, done_status=WorkState.FINISHED.value
             )
             seq = counts.last_seq - len(reused) + 1
-            q.mark_reused(conn, reused, first_seq=seq)
-            q.add_reused(conn, work_id, len(reused))
+            mark_reused(conn, reused, first_seq=seq)
+            add_reused(conn, work_id, len(reused))
             state = state_of(counts, min_success)
             if state in WORK_TERMINAL and state != WorkState.FINISHED:
-                q.set_work_status(conn, work_id, state.value, finished=True)
+                set_work_status(conn, work_id, state.value, finished=True)
         finished = JobState.FINISHED.value
         return [
             ResultRecord(job_id, idx_of[job_id], finished, result, done_seq=seq + i)
@@ -203,7 +210,7 @@ class WorkStore:
         """Nobody stores this work any more (stored, failed or cancelled)."""
         try:
             with self.submit_lock, self._writer.begin() as conn:
-                q.set_storing_by(conn, work_id, None)
+                set_storing_by(conn, work_id, None)
         except Exception:  # the work has ended anyway; a restarted engine ends it again
             logger.exception("work %d: clearing its storing engine failed", work_id)
 
@@ -242,11 +249,11 @@ def _reuse(
         hit = memo.get(key)
         if hit is not None:
             reused.append((job_id, hit[0], hit[1]))
-    q.mark_reused(conn, reused)
+    mark_reused(conn, reused)
     if reused:
-        q.bump_work_counters(conn, work_id, len(reused), 0, 0)  # done_seq 1..n
+        bump_work_counters(conn, work_id, len(reused), 0, 0)  # done_seq 1..n
         conn.execute(  # type: ignore[attr-defined]
-            q.works.update().where(q.works.c.id == work_id).values(n_reused=len(reused))
+            tables.works.update().where(tables.works.c.id == work_id).values(n_reused=len(reused))
         )
     return reused
 

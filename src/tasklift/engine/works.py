@@ -20,9 +20,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from tasklift.bus.base import work_destination
-from tasklift.db import queries as q
+from tasklift.db import dataflow, tables
+from tasklift.db.jobs import cancel_open_jobs, mark_running, reopen_failed_jobs, requeue_jobs
 from tasklift.db.session import SerialWriter
-from tasklift.engine import dataflow
+from tasklift.db.works import set_work_status
 from tasklift.engine.announce import Announcer
 from tasklift.engine.backend_pool import BackendPool
 from tasklift.engine.dispatch import Dispatcher
@@ -30,11 +31,10 @@ from tasklift.engine.live import LiveWork, Memory, WorkRecord
 from tasklift.engine.loop import EngineLoop
 from tasklift.engine.outcomes import HeldOutcomes, OutcomeRecorder, Publish
 from tasklift.engine.recovery import Recovery
-from tasklift.engine.state import work_state
 from tasklift.engine.store import STORE_CHUNK, ChunkedStore, StoredWork, WorkStore, WorkToStore
 from tasklift.errors import BackendError, NotFoundError
 from tasklift.records import JobSpec, Outcome, ResultRecord, WorkSpec
-from tasklift.states import WORK_TERMINAL, JobState, WorkState
+from tasklift.states import WORK_TERMINAL, JobState, WorkState, work_state
 
 __all__ = ["IN_MEMORY_JOBS", "RUNNING_BATCH_DELAY", "WorkControl"]
 
@@ -191,18 +191,18 @@ class WorkControl:
         handles = [a.handle for a in memory.attempts.take_work(work_id) if a.handle is not None]
         cascaded: list[tuple[int, ResultRecord]] = []
         with self._db.begin() as conn:
-            cancelled = q.cancel_open_jobs(conn, work_id, message)
+            cancelled = cancel_open_jobs(conn, work_id, message)
             if cancelled and work_id in memory.upstream_works:
                 cascaded, _ = dataflow.cascade(
                     conn, {r.job_id: (JobState.CANCELLED.value, message) for r in cancelled}
                 )
             row = conn.execute(
                 select(
-                    q.works.c.n_jobs,
-                    q.works.c.n_finished,
-                    q.works.c.n_failed,
-                    q.works.c.n_cancelled,
-                ).where(q.works.c.id == work_id)
+                    tables.works.c.n_jobs,
+                    tables.works.c.n_finished,
+                    tables.works.c.n_failed,
+                    tables.works.c.n_cancelled,
+                ).where(tables.works.c.id == work_id)
             ).first()
             if row is None:
                 raise NotFoundError(f"work {work_id} does not exist")
@@ -211,7 +211,7 @@ class WorkControl:
             )
             if cancelled:
                 state = WorkState.CANCELLED if state != WorkState.FINISHED else state
-            q.set_work_status(conn, work_id, state.value, finished=True)
+            set_work_status(conn, work_id, state.value, finished=True)
         if handles and live is not None:
             try:
                 self._backends.get(live.spec.backend).cancel(handles)
@@ -226,7 +226,7 @@ class WorkControl:
         """Run a work's failed jobs again (fresh attempts); return how many."""
         works = self._memory.works
         with self._db.begin() as conn:
-            reopened = q.reopen_failed_jobs(conn, work_id)
+            reopened = reopen_failed_jobs(conn, work_id)
             downstream = dataflow.reopen_downstream(conn, [r[0] for r in reopened])
         for other in downstream:  # their jobs wait for the retried ones, then run
             if other not in works:
@@ -250,7 +250,9 @@ class WorkControl:
 
     def _work_row(self, work_id: int, strict: bool = False) -> dict[str, Any] | None:
         with self._db.connect() as conn:
-            result = conn.execute(select(q.works).where(q.works.c.id == work_id)).mappings()
+            result = conn.execute(
+                select(tables.works).where(tables.works.c.id == work_id)
+            ).mappings()
             row = result.one() if strict else result.first()
         return None if row is None else dict(row)
 
@@ -321,7 +323,7 @@ class WorkControl:
         if rows:
             try:
                 with self._writer.begin() as conn:
-                    q.requeue_jobs(conn, rows)
+                    requeue_jobs(conn, rows)
             except SQLAlchemyError as exc:  # bookkeeping: the jobs are queued in memory
                 logger.error(
                     "engine %s: could not note %d requeued jobs in the database: %s",
@@ -349,7 +351,7 @@ class WorkControl:
             return
         try:
             with self._writer.begin() as conn:
-                q.mark_running(conn, starts)
+                mark_running(conn, starts)
         except SQLAlchemyError as exc:  # bookkeeping: the jobs run; their outcome still counts
             logger.error("could not record %d started jobs as running: %s", len(starts), exc)
 

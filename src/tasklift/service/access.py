@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, select
 from sqlalchemy import Engine as DBEngine
 
-from tasklift.db import queries as q
+from tasklift.db import tables
 from tasklift.errors import ConfigError, NotFoundError, PermissionDeniedError
 from tasklift.service.principal import Principal
 
@@ -38,7 +38,9 @@ IMMUTABLE = ("id", "owner", "archive_sha", "backend", "init_env", "fresh")
 def visible_workflow(conn: Connection, principal: Principal, workflow_id: int) -> dict[str, Any]:
     """The workflow row, if ``principal`` may see it; else :class:`NotFoundError`."""
     row = (
-        conn.execute(select(q.workflows).where(q.workflows.c.id == workflow_id)).mappings().first()
+        conn.execute(select(tables.workflows).where(tables.workflows.c.id == workflow_id))
+        .mappings()
+        .first()
     )
     check_workflow_access(principal, workflow_id, None if row is None else row["owner"])
     return dict(row)  # type: ignore[arg-type]  # checked above
@@ -71,7 +73,7 @@ class OwnerLookup:
             return name
         with self._db().connect() as conn:
             found = conn.execute(
-                select(q.workflows.c.owner).where(q.workflows.c.id == workflow_id)
+                select(tables.workflows.c.owner).where(tables.workflows.c.id == workflow_id)
             ).scalar()
         if found is None:
             raise ConfigError(f"workflow {workflow_id} vanished before its jobs started")
@@ -103,9 +105,11 @@ class WorkflowFacts:
             if row is not None:
                 self._rows.move_to_end(workflow_id)
                 return row
-        columns = [getattr(q.workflows.c, name) for name in IMMUTABLE]
+        columns = [getattr(tables.workflows.c, name) for name in IMMUTABLE]
         with self._engine.transaction() as conn:
-            found = conn.execute(select(*columns).where(q.workflows.c.id == workflow_id)).first()
+            found = conn.execute(
+                select(*columns).where(tables.workflows.c.id == workflow_id)
+            ).first()
         if found is None:
             return None
         row = dict(zip(IMMUTABLE, found, strict=True))
@@ -118,11 +122,11 @@ class WorkflowFacts:
 
 def visible_work(conn: Connection, principal: Principal, work_id: int) -> dict[str, Any]:
     """The work row, if ``principal`` may see its workflow; else :class:`NotFoundError`."""
-    row = conn.execute(select(q.works).where(q.works.c.id == work_id)).mappings().first()
+    row = conn.execute(select(tables.works).where(tables.works.c.id == work_id)).mappings().first()
     if row is None:
         raise NotFoundError(f"work {work_id} not found")
     owner = conn.execute(
-        select(q.workflows.c.owner).where(q.workflows.c.id == row["workflow_id"])
+        select(tables.workflows.c.owner).where(tables.workflows.c.id == row["workflow_id"])
     ).scalar()
     if owner is None or not principal.can_see(owner):
         raise NotFoundError(f"work {work_id} not found")
@@ -135,7 +139,7 @@ def visible_work(conn: Connection, principal: Principal, work_id: int) -> dict[s
 
 def visible_job(conn: Connection, principal: Principal, job_id: int) -> dict[str, Any]:
     """The job row, if ``principal`` may see its workflow; else :class:`NotFoundError`."""
-    row = conn.execute(select(q.jobs).where(q.jobs.c.id == job_id)).mappings().first()
+    row = conn.execute(select(tables.jobs).where(tables.jobs.c.id == job_id)).mappings().first()
     if row is None:
         raise NotFoundError(f"job {job_id} not found")
     visible_work(conn, principal, row["work_id"])

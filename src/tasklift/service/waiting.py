@@ -22,7 +22,8 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from tasklift.bus.base import MissedMessages, Subscription, work_destination
-from tasklift.db import queries as q
+from tasklift.db import tables
+from tasklift.db.results import result_records
 from tasklift.records import ResultRecord
 from tasklift.service.access import visible_work
 from tasklift.states import WORK_TERMINAL, JobState
@@ -43,7 +44,7 @@ MAX_BUFFERED = 20_000
 """Announced records a waiter keeps for a slow reader; beyond, it forgets them and re-reads."""
 _TOO_MANY = MissedMessages(f"more than {MAX_BUFFERED} announced records waited for a reader")
 _TERMINAL = frozenset(s.value for s in WORK_TERMINAL)
-_WORK_STATE = select(q.works.c.status, q.works.c.last_seq, q.works.c.n_jobs)
+_WORK_STATE = select(tables.works.c.status, tables.works.c.last_seq, tables.works.c.n_jobs)
 
 
 class ResultWaiter:
@@ -124,13 +125,13 @@ def read_results(
         if principal is not None:
             work: Any = visible_work(conn, principal, work_id)
         else:
-            work = conn.execute(_WORK_STATE.where(q.works.c.id == work_id)).mappings().one()
-        return q.result_records(conn, work_id, since, limit), work
+            work = conn.execute(_WORK_STATE.where(tables.works.c.id == work_id)).mappings().one()
+        return result_records(conn, work_id, since, limit), work
 
 
 def _work_state(engine: Engine, work_id: int) -> Any:
     with engine.db.connect() as conn:
-        return conn.execute(_WORK_STATE.where(q.works.c.id == work_id)).mappings().one()
+        return conn.execute(_WORK_STATE.where(tables.works.c.id == work_id)).mappings().one()
 
 
 def _contiguous(messages: list[Any], since: int) -> list[ResultRecord] | None:

@@ -22,7 +22,8 @@ from sqlalchemy.exc import IntegrityError
 from starlette.requests import ClientDisconnect
 
 from tasklift.archive import archive_path, check_archive
-from tasklift.db import queries as q
+from tasklift.db import tables
+from tasklift.db.archives import upsert_archive
 from tasklift.errors import ArchiveError, ConflictError, NotFoundError, PermissionDeniedError
 from tasklift.service.deps import EngineDep, PrincipalDep, SettingsDep, UserDep
 
@@ -207,7 +208,7 @@ def _record(engine: Engine, sha256: str, size: int, n_files: int) -> None:
     """Add the archive's DB row (a concurrent upload of the same hash may win the insert)."""
     try:
         with engine.db.begin() as conn:
-            q.upsert_archive(conn, sha256, size, n_files)
+            upsert_archive(conn, sha256, size, n_files)
     except IntegrityError:
         logger.debug("archive %s: row inserted concurrently", sha256)
 
@@ -235,15 +236,19 @@ def _job_may_read(principal: Principal, engine: Engine, sha256: str) -> bool:
         return False
     with engine.db.connect() as conn:
         own = conn.execute(
-            select(q.workflows.c.id).where(
-                q.workflows.c.id == principal.workflow_id, q.workflows.c.archive_sha == sha256
+            select(tables.workflows.c.id).where(
+                tables.workflows.c.id == principal.workflow_id,
+                tables.workflows.c.archive_sha == sha256,
             )
         ).first()
         if own is not None:
             return True
         work = conn.execute(
-            select(q.works.c.id)
-            .where(q.works.c.workflow_id == principal.workflow_id, q.works.c.archive_sha == sha256)
+            select(tables.works.c.id)
+            .where(
+                tables.works.c.workflow_id == principal.workflow_id,
+                tables.works.c.archive_sha == sha256,
+            )
             .limit(1)
         ).first()
     return work is not None

@@ -11,8 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 from sqlalchemy import select, update
 
-from tasklift.db import queries as q
-from tasklift.engine import dataflow
+from tasklift.db import dataflow, tables
 from tasklift.errors import ConflictError, NotFoundError, PermissionDeniedError, SubmissionError
 from tasklift.records import JobSpec, Outcome
 from tasklift.service.access import visible_job
@@ -30,7 +29,7 @@ def get_job(job_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> JobPu
     with engine.db.connect() as conn:
         row = visible_job(conn, principal, job_id)
         options = conn.execute(
-            select(q.works.c.options).where(q.works.c.id == row["work_id"])
+            select(tables.works.c.options).where(tables.works.c.id == row["work_id"])
         ).scalar()
     return job_public(row, json.loads(options or "{}").get("serializer", "json"))
 
@@ -48,10 +47,14 @@ def _own_job(engine: Any, principal: Principal, job_id: int) -> dict[str, Any]:
     if principal.kind != "job":
         raise PermissionDeniedError("only the job's own runner (its job token) may do this")
     with engine.db.connect() as conn:
-        row = conn.execute(select(q.jobs).where(q.jobs.c.id == job_id)).mappings().first()
+        row = conn.execute(select(tables.jobs).where(tables.jobs.c.id == job_id)).mappings().first()
         if row is None:
             raise NotFoundError(f"job {job_id} not found")
-        work = conn.execute(select(q.works).where(q.works.c.id == row["work_id"])).mappings().one()
+        work = (
+            conn.execute(select(tables.works).where(tables.works.c.id == row["work_id"]))
+            .mappings()
+            .one()
+        )
     if (
         principal.work_id != row["work_id"]
         or principal.workflow_id != work["workflow_id"]
@@ -107,7 +110,7 @@ def heartbeat(
         )
     now = engine.note_heartbeat(job_id)
     with engine.db.begin() as conn:  # kept for the web pages and for a restarted engine
-        conn.execute(update(q.jobs).where(q.jobs.c.id == job_id).values(heartbeat_at=now))
+        conn.execute(update(tables.jobs).where(tables.jobs.c.id == job_id).values(heartbeat_at=now))
 
 
 @router.post("/{job_id}/outcome")

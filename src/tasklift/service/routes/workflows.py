@@ -12,7 +12,9 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import desc, func, select
 
-from tasklift.db import queries as q
+from tasklift.db import tables
+from tasklift.db.workflows import workflow_totals
+from tasklift.db.works import running_work_ids
 from tasklift.errors import ConflictError, PermissionDeniedError, SubmissionError
 from tasklift.records import WorkSpec
 from tasklift.service.access import visible_workflow
@@ -69,7 +71,8 @@ def _visible(engine: Any, who: Any, workflow_id: int) -> dict[str, Any]:
 
 def _works_of(conn: Any, workflow_id: int) -> list[dict[str, Any]]:
     """The rows of a workflow's works in submission order."""
-    stmt = select(q.works).where(q.works.c.workflow_id == workflow_id).order_by(q.works.c.seq)
+    works = tables.works
+    stmt = select(works).where(works.c.workflow_id == workflow_id).order_by(works.c.seq)
     return [dict(r) for r in conn.execute(stmt).mappings()]
 
 
@@ -114,7 +117,7 @@ def create_workflow(
             )
             raise
     with engine.db.connect() as conn:  # just created for this caller: no scope check to pass
-        row = conn.execute(select(q.workflows).where(q.workflows.c.id == workflow_id))
+        row = conn.execute(select(tables.workflows).where(tables.workflows.c.id == workflow_id))
         public = workflow_public(dict(row.mappings().one()))
     if user.kind == "job":
         public.token = request.app.state.auth.issue_job_token(
@@ -191,7 +194,7 @@ def list_workflows(
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> WorkflowsPublic:
     """Workflows the caller may see, newest first; admins may filter by owner."""
-    w = q.workflows
+    w = tables.workflows
     conditions = []
     if not user.is_admin:
         conditions.append(w.c.owner == user.user)
@@ -201,7 +204,7 @@ def list_workflows(
         conditions.append(w.c.status == status)
     if name:
         conditions.append(w.c.name.contains(name, autoescape=True))
-    totals = q.workflow_totals()
+    totals = workflow_totals()
     stmt = (
         select(
             w,
@@ -224,7 +227,7 @@ def get_workflow(workflow_id: IdPath, engine: EngineDep, principal: PrincipalDep
     """One workflow with its job counters."""
     with engine.db.connect() as conn:
         row = visible_workflow(conn, principal, workflow_id)
-        totals = q.workflow_totals()
+        totals = workflow_totals()
         counts = (
             conn.execute(select(totals).where(totals.c.workflow_id == workflow_id))
             .mappings()
@@ -245,7 +248,7 @@ def list_works(workflow_id: IdPath, engine: EngineDep, principal: PrincipalDep) 
 @router.get("/{workflow_id}/dag")
 def get_dag(workflow_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> DagPublic:
     """The works of a workflow and their edges: data-flow inputs, else submission order."""
-    from tasklift.engine.dataflow import edges
+    from tasklift.db.tables import edges
 
     with engine.db.connect() as conn:
         visible_workflow(conn, principal, workflow_id)
@@ -253,7 +256,9 @@ def get_dag(workflow_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> 
         ids = [r["id"] for r in rows]
         data = conn.execute(select(edges).where(edges.c.work_id.in_(ids))).mappings().all()
         children = (
-            conn.execute(select(q.workflows.c.id).where(q.workflows.c.parent_id == workflow_id))
+            conn.execute(
+                select(tables.workflows.c.id).where(tables.workflows.c.parent_id == workflow_id)
+            )
             .scalars()
             .all()
         )
@@ -288,7 +293,7 @@ def cancel_workflow(workflow_id: IdPath, engine: EngineDep, user: UserDep) -> Wo
             workflow_id, WorkflowState.CANCELLED, None, f"cancelled by {user.user}"
         )  # marks it, then cancels its running works
     with engine.db.connect() as conn:  # an ended workflow may still have works running
-        running = q.running_work_ids(conn, workflow_id)
+        running = running_work_ids(conn, workflow_id)
     for work_id in running:
         engine.cancel_work(int(work_id))
     return get_workflow(workflow_id, engine, user)

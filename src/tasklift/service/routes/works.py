@@ -17,8 +17,8 @@ from sqlalchemy import func, select
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from tasklift.db import queries as q
-from tasklift.engine.dataflow import Ref
+from tasklift.db import tables
+from tasklift.db.dataflow import Ref
 from tasklift.errors import SubmissionError
 from tasklift.keys import memo_key as memo_key_of
 from tasklift.records import WorkSpec
@@ -327,7 +327,7 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> JobsPublic:
     """A page of the work's jobs in submission order, optionally of one state."""
-    j = q.jobs
+    j = tables.jobs
     with engine.db.connect() as conn:
         work = visible_work(conn, principal, work_id)
         conditions = [j.c.work_id == work_id]

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import orjson
 from sqlalchemy import ColumnElement, Connection, select
 
-from tasklift.db import queries as q
+from tasklift.db import tables
 from tasklift.service.web.plots import ConvergencePoint
 from tasklift.service.web.present import options_of
 from tasklift.states import JobState
@@ -127,7 +127,7 @@ def _results(
     Works that share a sample (same size) are read by one query over the ``(work_id, idx)``
     index, so a 50-iteration campaign costs a query or two, not fifty.
     """
-    jobs = q.jobs
+    jobs = tables.jobs
     total = sum(int(w["n_jobs"]) for w in works) or 1
     groups: dict[tuple[int, ...] | None, list[int]] = {}
     for w in works:

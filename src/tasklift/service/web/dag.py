@@ -14,7 +14,7 @@ from typing import Any
 from markupsafe import Markup, escape
 from sqlalchemy import Connection, select
 
-from tasklift.db import queries as q
+from tasklift.db import tables
 from tasklift.service.web.routing import STATUS_ICONS
 
 __all__ = ["MAX_NODES", "dag_svg", "layout", "workflow_edges"]
@@ -41,14 +41,14 @@ def workflow_edges(conn: Connection, workflow_id: int) -> list[tuple[int, int]]:
     Returns:
         Edges between the workflow's first :data:`MAX_NODES` works, without repeats.
     """
-    from tasklift.engine.dataflow import edges as data_edges
+    from tasklift.db.tables import edges as data_edges
 
     ids = [
         int(i)
         for i in conn.execute(
-            select(q.works.c.id)
-            .where(q.works.c.workflow_id == workflow_id)
-            .order_by(q.works.c.seq)
+            select(tables.works.c.id)
+            .where(tables.works.c.workflow_id == workflow_id)
+            .order_by(tables.works.c.seq)
             .limit(MAX_NODES)
         ).scalars()
     ]

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, bindparam, desc, func, select
 
-from tasklift.db import queries as q
+from tasklift.db import tables
 from tasklift.service.principal import Principal
 from tasklift.states import JobState, WorkState
 
@@ -34,7 +34,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-workflows, works, jobs, attempts = q.workflows, q.works, q.jobs, q.attempts
+workflows, works, jobs, attempts = tables.workflows, tables.works, tables.jobs, tables.attempts
 
 RUNNING = (JobState.QUEUED.value, JobState.RUNNING.value)
 """Job states shown as "running": handed to a backend and not ended (the engine stores

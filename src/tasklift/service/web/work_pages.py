@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 
-from tasklift.db import queries as q
+from tasklift.db import tables
 from tasklift.service.access import visible_job, visible_work
 from tasklift.service.deps import MAX_ID, EngineDep, IdPath, UserDep
 from tasklift.service.web import queries
@@ -56,7 +56,7 @@ TERMINAL = {s.value for s in JOB_TERMINAL}
 
 
 def _workflow_head(conn: Any, workflow_id: int) -> dict[str, Any]:
-    w = q.workflows
+    w = tables.workflows
     row = (
         conn.execute(select(w.c.id, w.c.name, w.c.status).where(w.c.id == workflow_id))
         .mappings()
@@ -160,7 +160,7 @@ def job_page(request: Request, job_id: IdPath, engine: EngineDep, user: UserDep)
     """One job: kwargs, result, traceback, logs, attempt history and timestamps."""
     with engine.db.connect() as conn:
         job = visible_job(conn, user, job_id)
-        k = q.works
+        k = tables.works
         work = dict(
             conn.execute(
                 select(k.c.id, k.c.name, k.c.seq, k.c.workflow_id, k.c.options, k.c.status).where(

@@ -1,11 +1,13 @@
 """Data-flow between works: job dependencies, release on upstream success, failure and skip
 propagation, and filling a job's inputs from its upstream results at dispatch.
 
-Functions take a connection and never commit (the engine owns the transaction).
+Functions take a connection and never commit (the engine owns the transaction). Job states
+change through :func:`tasklift.db.jobs.transition`.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -15,8 +17,9 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, bindparam, insert, select, update
 
-from tasklift.db import queries as q
-from tasklift.db.models import JobDep, WorkEdge
+from tasklift.db.jobs import transition
+from tasklift.db.tables import deps, edges, jobs, works
+from tasklift.db.works import WorkCounts, bump_work_counters, reopen_work, set_work_status, state_of
 from tasklift.errors import SubmissionError
 from tasklift.records import JobSpec, ResultRecord
 from tasklift.states import WORK_TERMINAL, JobState, WorkState
@@ -30,9 +33,6 @@ __all__ = [
     "reopen_downstream",
     "resolve_payloads",
 ]
-
-deps = JobDep.__table__
-edges = WorkEdge.__table__
 
 _BROKEN = {JobState.FAILED.value, JobState.UPSTREAM_FAILED.value, JobState.CANCELLED.value}
 
@@ -66,28 +66,7 @@ def register(
     Raises:
         SubmissionError: an upstream work of another workflow, or a missing upstream job.
     """
-    upstream_works = sorted({r.work_id for job_refs in refs for r in job_refs})
-    found = dict(
-        conn.execute(
-            select(q.works.c.id, q.works.c.workflow_id).where(q.works.c.id.in_(upstream_works))
-        ).all()
-    )
-    for upstream in upstream_works:
-        if upstream not in found:
-            raise SubmissionError(f"work {upstream} passed as an input does not exist")
-        if found[upstream] != workflow_id:
-            raise SubmissionError(
-                f"work {upstream} belongs to another workflow; a work can only take inputs "
-                "from works of its own workflow"
-            )
-    by_idx: dict[int, list[tuple[int, str, str | None, str | None]]] = {}
-    for upstream in upstream_works:
-        rows = conn.execute(
-            select(q.jobs.c.id, q.jobs.c.state, q.jobs.c.error_type, q.jobs.c.error_message)
-            .where(q.jobs.c.work_id == upstream)
-            .order_by(q.jobs.c.idx)
-        ).all()
-        by_idx[upstream] = [(int(r[0]), r[1], r[2], r[3]) for r in rows]
+    by_idx = _upstream_jobs(conn, workflow_id, refs)
     dep_rows: list[dict[str, Any]] = []
     edge_set: set[tuple[int, str, str]] = set()
     waiting: dict[int, int] = {}
@@ -96,14 +75,7 @@ def register(
         n_wait = 0
         for ref in job_refs:
             edge_set.add((ref.work_id, ref.arg, ref.mode))
-            upstream_jobs = by_idx[ref.work_id]
-            if ref.idx is not None and not 0 <= ref.idx < len(upstream_jobs):
-                raise SubmissionError(
-                    f"input {ref.arg!r} names job {ref.idx} of work {ref.work_id}, which has "
-                    f"{len(upstream_jobs)} jobs"
-                )
-            chosen = upstream_jobs if ref.idx is None else [upstream_jobs[ref.idx]]
-            for up_id, state, error_type, message in chosen:
+            for up_id, state, error_type, message in _chosen(ref, by_idx[ref.work_id]):
                 dep_rows.append(
                     {
                         "job_id": job_id,
@@ -114,16 +86,86 @@ def register(
                 )
                 if state == JobState.FINISHED.value:
                     continue
-                if state in _BROKEN and job_id not in blocked:
-                    blocked[job_id] = (
-                        JobState.UPSTREAM_FAILED.value,
-                        f"upstream job {up_id} {state}: {error_type}: {message}",
-                    )
-                elif state == JobState.SKIPPED.value and job_id not in blocked:
-                    blocked[job_id] = (JobState.SKIPPED.value, f"upstream job {up_id} skipped")
+                if job_id not in blocked:
+                    found = _blocked_by(up_id, state, error_type, message)
+                    if found is not None:
+                        blocked[job_id] = found
                 n_wait += 1
         if n_wait:
             waiting[job_id] = n_wait
+    _store_links(conn, work_id, dep_rows, edge_set, waiting)
+    return waiting, blocked
+
+
+_UpstreamJob = tuple[int, str, str | None, str | None]
+"""``(job id, state, error type, error message)`` of an upstream job."""
+
+
+def _upstream_jobs(
+    conn: Connection, workflow_id: int, refs: Sequence[Sequence[Ref]]
+) -> dict[int, list[_UpstreamJob]]:
+    """The jobs of every upstream work, by work id, in index order (checked to exist and to
+    belong to ``workflow_id``)."""
+    upstream_works = sorted({r.work_id for job_refs in refs for r in job_refs})
+    found = dict(
+        conn.execute(
+            select(works.c.id, works.c.workflow_id).where(works.c.id.in_(upstream_works))
+        ).all()
+    )
+    for upstream in upstream_works:
+        if upstream not in found:
+            raise SubmissionError(f"work {upstream} passed as an input does not exist")
+        if found[upstream] != workflow_id:
+            raise SubmissionError(
+                f"work {upstream} belongs to another workflow; a work can only take inputs "
+                "from works of its own workflow"
+            )
+    by_idx: dict[int, list[_UpstreamJob]] = {}
+    for upstream in upstream_works:
+        rows = conn.execute(
+            select(jobs.c.id, jobs.c.state, jobs.c.error_type, jobs.c.error_message)
+            .where(jobs.c.work_id == upstream)
+            .order_by(jobs.c.idx)
+        ).all()
+        by_idx[upstream] = [(int(r[0]), r[1], r[2], r[3]) for r in rows]
+    return by_idx
+
+
+def _chosen(ref: Ref, upstream_jobs: list[_UpstreamJob]) -> list[_UpstreamJob]:
+    """The upstream jobs one input takes: the one it names, or all of them."""
+    if ref.idx is None:
+        return upstream_jobs
+    if not 0 <= ref.idx < len(upstream_jobs):
+        raise SubmissionError(
+            f"input {ref.arg!r} names job {ref.idx} of work {ref.work_id}, which has "
+            f"{len(upstream_jobs)} jobs"
+        )
+    return [upstream_jobs[ref.idx]]
+
+
+def _blocked_by(
+    up_id: int, state: str, error_type: str | None, message: str | None
+) -> tuple[str, str] | None:
+    """``(state, message)`` a job whose upstream job is in ``state`` ends with before it runs
+    (``None``: that upstream job may still succeed)."""
+    if state in _BROKEN:
+        return (
+            JobState.UPSTREAM_FAILED.value,
+            f"upstream job {up_id} {state}: {error_type}: {message}",
+        )
+    if state == JobState.SKIPPED.value:
+        return JobState.SKIPPED.value, f"upstream job {up_id} skipped"
+    return None
+
+
+def _store_links(
+    conn: Connection,
+    work_id: int,
+    dep_rows: list[dict[str, Any]],
+    edge_set: set[tuple[int, str, str]],
+    waiting: dict[int, int],
+) -> None:
+    """Insert the job dependencies and work edges; note how many inputs each job waits for."""
     for start in range(0, len(dep_rows), 5000):
         conn.execute(insert(deps), dep_rows[start : start + 5000])
     if edge_set:
@@ -136,10 +178,9 @@ def register(
         )
     if waiting:
         conn.execute(
-            update(q.jobs).where(q.jobs.c.id == bindparam("_id")).values(n_waiting=bindparam("_n")),
+            update(jobs).where(jobs.c.id == bindparam("_id")).values(n_waiting=bindparam("_n")),
             [{"_id": j, "_n": n} for j, n in waiting.items()],
         )
-    return waiting, blocked
 
 
 def release(conn: Connection, finished: Sequence[int]) -> list[tuple[int, int, int, bytes]]:
@@ -156,16 +197,16 @@ def release(conn: Connection, finished: Sequence[int]) -> list[tuple[int, int, i
         return []
     counts = Counter(int(r) for r in rows)
     conn.execute(
-        update(q.jobs)
-        .where(q.jobs.c.id == bindparam("_id"))
-        .values(n_waiting=q.jobs.c.n_waiting - bindparam("_k")),
+        update(jobs)
+        .where(jobs.c.id == bindparam("_id"))
+        .values(n_waiting=jobs.c.n_waiting - bindparam("_k")),
         [{"_id": j, "_k": k} for j, k in counts.items()],
     )
     ready = conn.execute(
-        select(q.jobs.c.work_id, q.jobs.c.id, q.jobs.c.idx, q.jobs.c.payload).where(
-            q.jobs.c.id.in_(list(counts)),
-            q.jobs.c.n_waiting == 0,
-            q.jobs.c.state == JobState.PENDING.value,
+        select(jobs.c.work_id, jobs.c.id, jobs.c.idx, jobs.c.payload).where(
+            jobs.c.id.in_(list(counts)),
+            jobs.c.n_waiting == 0,
+            jobs.c.state == JobState.PENDING.value,
         )
     ).all()
     return [(int(w), int(j), int(i), p) for w, j, i, p in ready]
@@ -197,9 +238,9 @@ def cascade(
         if not cause:
             break
         open_rows = conn.execute(
-            select(q.jobs.c.id, q.jobs.c.work_id, q.jobs.c.idx, q.jobs.c.attempts)
-            .where(q.jobs.c.id.in_(list(cause)), q.jobs.c.state == JobState.PENDING.value)
-            .order_by(q.jobs.c.work_id, q.jobs.c.idx)
+            select(jobs.c.id, jobs.c.work_id, jobs.c.idx, jobs.c.attempts)
+            .where(jobs.c.id.in_(list(cause)), jobs.c.state == JobState.PENDING.value)
+            .order_by(jobs.c.work_id, jobs.c.idx)
         ).all()
         per_work: dict[int, list[tuple[int, int, int, str, str]]] = defaultdict(list)
         next_frontier: dict[int, tuple[str, str]] = {}
@@ -231,51 +272,35 @@ def end_jobs(
 ) -> tuple[list[ResultRecord], WorkState]:
     """End jobs that will never run: ``(job id, idx, attempts, state, message)`` each."""
     n_skip = sum(1 for e in ended if e[3] == JobState.SKIPPED.value)
-    counts = q.bump_work_counters(conn, work_id, 0, len(ended) - n_skip, 0, n_skip)
+    counts = bump_work_counters(conn, work_id, 0, len(ended) - n_skip, 0, n_skip)
     seq = counts.last_seq - len(ended) + 1
-    updates = []
+    rows = []
     records = []
     for offset, (job_id, idx, attempts, state, message) in enumerate(ended):
         error_type = "Skipped" if state == JobState.SKIPPED.value else "UpstreamFailed"
-        updates.append(
-            {
-                "_id": job_id,
-                "_state": state,
-                "_type": error_type,
-                "_msg": message,
-                "_seq": seq + offset,
-            }
-        )
+        rows.append((error_type, message, seq + offset))
         records.append(
             ResultRecord(
                 job_id, idx, state, None, error_type, message, None, attempts, seq + offset
             )
         )
-    conn.execute(
-        update(q.jobs)
-        .where(q.jobs.c.id == bindparam("_id"))
-        .values(
-            state=bindparam("_state"),
-            error_type=bindparam("_type"),
-            error_message=bindparam("_msg"),
-            done_seq=bindparam("_seq"),
-            finished_at=time.time(),
-        ),
-        updates,
+    transition(
+        conn,
+        [e[0] for e in ended],
+        [e[3] for e in ended],
+        columns=("error_type", "error_message", "done_seq"),
+        rows=rows,
+        values={"finished_at": time.time()},
     )
     return records, _state_of(conn, work_id, counts)
 
 
-def _state_of(conn: Connection, work_id: int, counts: q.WorkCounts) -> WorkState:
-    import json
-
-    from tasklift.engine.state import state_of
-
-    options = conn.execute(select(q.works.c.options).where(q.works.c.id == work_id)).scalar()
+def _state_of(conn: Connection, work_id: int, counts: WorkCounts) -> WorkState:
+    options = conn.execute(select(works.c.options).where(works.c.id == work_id)).scalar()
     min_success = json.loads(options or "{}").get("min_success", 1.0)
     state = state_of(counts, min_success)
     if state in WORK_TERMINAL:
-        q.set_work_status(conn, work_id, state.value, finished=True)
+        set_work_status(conn, work_id, state.value, finished=True)
     return state
 
 
@@ -295,52 +320,45 @@ def reopen_downstream(conn: Connection, reopened: Sequence[int]) -> dict[int, in
             .all()
         )
         rows = conn.execute(
-            select(q.jobs.c.id, q.jobs.c.work_id).where(
-                q.jobs.c.id.in_(list(dependents)),
-                q.jobs.c.state == JobState.UPSTREAM_FAILED.value,
+            select(jobs.c.id, jobs.c.work_id).where(
+                jobs.c.id.in_(list(dependents)),
+                jobs.c.state == JobState.UPSTREAM_FAILED.value,
             )
         ).all()
         frontier = [int(r[0]) for r in rows]
         for job_id, work_id in rows:
             waiting = conn.execute(
                 select(deps.c.id)
-                .join(q.jobs, q.jobs.c.id == deps.c.upstream_job_id)
-                .where(deps.c.job_id == job_id, q.jobs.c.state != JobState.FINISHED.value)
+                .join(jobs, jobs.c.id == deps.c.upstream_job_id)
+                .where(deps.c.job_id == job_id, jobs.c.state != JobState.FINISHED.value)
             ).all()
-            conn.execute(
-                update(q.jobs)
-                .where(q.jobs.c.id == job_id)
-                .values(
-                    state=JobState.PENDING.value,
-                    n_waiting=len(waiting),
-                    attempts=0,
-                    done_seq=None,
-                    finished_at=None,
-                    error_type=None,
-                    error_message=None,
-                )
+            transition(
+                conn,
+                [int(job_id)],
+                JobState.PENDING,
+                only_from={JobState.UPSTREAM_FAILED},
+                values={
+                    "n_waiting": len(waiting),
+                    "attempts": 0,
+                    "done_seq": None,
+                    "finished_at": None,
+                    "error_type": None,
+                    "error_message": None,
+                },
             )
             per_work[int(work_id)] += 1
     for work_id, n in per_work.items():
-        conn.execute(
-            update(q.works)
-            .where(q.works.c.id == work_id)
-            .values(
-                n_failed=q.works.c.n_failed - n,
-                status=WorkState.RUNNING.value,
-                finished_at=None,
-            )
-        )
+        reopen_work(conn, work_id, n)
     return dict(per_work)
 
 
 def resolve_payloads(conn: Connection, batch: Sequence[JobSpec]) -> list[JobSpec]:
     """Put upstream results in place of the jobs' input references (JSON works only)."""
     rows = conn.execute(
-        select(deps.c.job_id, deps.c.arg, deps.c.mode, q.jobs.c.idx, q.jobs.c.result)
-        .join(q.jobs, q.jobs.c.id == deps.c.upstream_job_id)
+        select(deps.c.job_id, deps.c.arg, deps.c.mode, jobs.c.idx, jobs.c.result)
+        .join(jobs, jobs.c.id == deps.c.upstream_job_id)
         .where(deps.c.job_id.in_([j.job_id for j in batch]))
-        .order_by(deps.c.job_id, deps.c.arg, q.jobs.c.idx)
+        .order_by(deps.c.job_id, deps.c.arg, jobs.c.idx)
     ).all()
     inputs: dict[int, dict[str, Any]] = defaultdict(dict)
     for job_id, arg, mode, _idx, result in rows:
