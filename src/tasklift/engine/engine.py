@@ -33,7 +33,6 @@ from tasklift.backends.base import Backend
 from tasklift.bus.base import Bus
 from tasklift.db import queries as q
 from tasklift.db.session import SerialWriter, create_db_engine, upgrade
-from tasklift.engine import dataflow
 from tasklift.engine.announce import Announcer
 from tasklift.engine.attempts import Attempt
 from tasklift.engine.backend_pool import BackendFactory, BackendPool
@@ -50,6 +49,7 @@ from tasklift.errors import DatabaseUnavailable, NotFoundError
 from tasklift.records import Outcome, ResultRecord, WorkSpec
 from tasklift.settings import Settings
 from tasklift.states import WorkflowState
+from tasklift.submission import Submission
 
 __all__ = ["Engine", "WorkRecord"]
 
@@ -235,32 +235,10 @@ class Engine:
 
     # ------------------------------------------------------------------ works
     def submit_work(
-        self,
-        *,
-        workflow_id: int,
-        spec: WorkSpec,
-        memo_key: str,
-        options: str,
-        min_success: float,
-        jobs: Sequence[tuple[str, bytes]],
-        reuse: bool,
-        on_stored: Callable[[WorkRecord], None] | None = None,
-        refs: Sequence[Sequence[dataflow.Ref]] | None = None,
-        require_running: bool = False,
+        self, submission: Submission, on_stored: Callable[[WorkRecord], None] | None = None
     ) -> tuple[WorkSpec, WorkRecord]:
         """Store a work with its jobs and queue them (see :class:`WorkControl.submit`)."""
-        return self._works.submit(
-            workflow_id=workflow_id,
-            spec=spec,
-            memo_key=memo_key,
-            options=options,
-            min_success=min_success,
-            jobs=jobs,
-            reuse=reuse,
-            on_stored=on_stored,
-            refs=refs,
-            require_running=require_running,
-        )
+        return self._works.submit(submission, on_stored)
 
     def store_error(self, work_id: int) -> str | None:
         """Why storing a large work's jobs stopped short (``None``: it did not)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +13,7 @@ from sqlalchemy import desc, func, select
 
 from tasklift.db import queries as q
 from tasklift.errors import ConflictError, PermissionDeniedError, SubmissionError
-from tasklift.records import WorkSpec
+from tasklift.records import WorkOptions
 from tasklift.service.access import visible_workflow
 from tasklift.service.deps import MAX_ID, EngineDep, IdPath, PrincipalDep, UserDep
 from tasklift.service.routes.works import work_public
@@ -28,6 +27,7 @@ from tasklift.service.schemas import (
     WorksPublic,
 )
 from tasklift.states import WORKFLOW_TERMINAL, WorkflowState
+from tasklift.submission import build_submission
 
 router = APIRouter(prefix="/workflows", tags=["workflows"])
 
@@ -146,41 +146,24 @@ def _start_remote(
     """Queue the one job that runs the workflow function (its works come back via the API)."""
     sha = body.archive_sha
     assert sha is not None
-    spec = WorkSpec(
-        work_id=0,
+    key = hashlib.sha256(payload).hexdigest()
+    options = WorkOptions(
+        retries=0, backend=body.backend, init_env=body.init_env, kind="workflow", service_url=url
+    )
+    submission = build_submission(
+        workflow_id=workflow_id,
         name=body.name,
         function=body.function,
         script=body.script,
         archive_sha=sha,
         archive_file=engine.archive_file(sha),
         cache_dir=str(engine.settings.cache_dir),
-        retries=0,
-        init_env=body.init_env,
-        backend=body.backend,
-        kind="workflow",
-        workflow_id=workflow_id,
-        service_url=url,
-    )
-    options = json.dumps(
-        {
-            "kind": "workflow",
-            "service_url": url,
-            "retries": 0,
-            "backend": body.backend,
-            "init_env": body.init_env,
-            "serializer": "json",
-            "min_success": 1.0,
-        }
-    )
-    engine.submit_work(
-        workflow_id=workflow_id,
-        spec=spec,
-        memo_key=hashlib.sha256(payload).hexdigest(),
         options=options,
-        min_success=1.0,
+        jobs=[(key, payload)],
+        memo_key=key,  # its own: the workflow's job never shares a result
         reuse=False,
-        jobs=[(hashlib.sha256(payload).hexdigest(), payload)],
     )
+    engine.submit_work(submission)
 
 
 @router.get("")
