@@ -24,6 +24,7 @@ from tasklift.records import JobSpec, WorkOptions, WorkSpec
 
 __all__ = [
     "Submission",
+    "WorkCode",
     "build_submission",
     "request_body",
     "runner_spec",
@@ -33,6 +34,27 @@ __all__ = [
 
 Jobs = Sequence[tuple[str, bytes]]
 """A work's jobs: ``(key, payload)`` each (a lazy sequence for a large client work)."""
+
+
+@dataclass(frozen=True)
+class WorkCode:
+    """What a work runs and where its code comes from.
+
+    Attributes:
+        name: the work's name (for messages).
+        function: ``module:qualname`` of the work function.
+        script: the path inside the archive of the script that defines it, or ``None``.
+        archive_sha: sha256 of the workflow's source archive (``None``: no archive).
+        archive_file: where the archive can be read on this host.
+        cache_dir: where archives are extracted on this host.
+    """
+
+    name: str
+    function: str
+    script: str | None
+    archive_sha: str | None
+    archive_file: str | None
+    cache_dir: str
 
 
 @dataclass(frozen=True)
@@ -66,27 +88,17 @@ class Submission:
 
 
 def _spec(
-    options: WorkOptions,
-    *,
-    work_id: int,
-    workflow_id: int,
-    name: str,
-    function: str,
-    script: str | None,
-    archive_sha: str | None,
-    archive_file: str | None,
-    cache_dir: str,
-    when: bytes | None,
+    code: WorkCode, options: WorkOptions, work_id: int, workflow_id: int, when: bytes | None
 ) -> WorkSpec:
-    """The one mapping of a work's options onto its spec."""
+    """The one mapping of a work's code and options onto its spec."""
     return WorkSpec(
         work_id=work_id,
-        name=name,
-        function=function,
-        script=script,
-        archive_sha=archive_sha,
-        archive_file=archive_file,
-        cache_dir=cache_dir,
+        name=code.name,
+        function=code.function,
+        script=code.script,
+        archive_sha=code.archive_sha,
+        archive_file=code.archive_file,
+        cache_dir=code.cache_dir,
         serializer=options.serializer,
         timeout=options.timeout,
         retries=options.retries,
@@ -102,16 +114,11 @@ def _spec(
 
 
 def build_submission(
-    *,
     workflow_id: int,
-    name: str,
-    function: str,
-    script: str | None,
-    archive_sha: str | None,
-    archive_file: str | None,
-    cache_dir: str,
+    code: WorkCode,
     options: WorkOptions,
     jobs: Jobs,
+    *,
     when: bytes | None = None,
     owner: str | None = None,
     memo_key: str | None = None,
@@ -126,25 +133,14 @@ def build_submission(
     never crosses users). ``memo_key`` replaces it for a work that must never share results
     with another (a remote workflow's own job). ``refs`` without any input become ``None``.
     """
-    spec = _spec(
-        options,
-        work_id=0,
-        workflow_id=0,
-        name=name,
-        function=function,
-        script=script,
-        archive_sha=archive_sha,
-        archive_file=archive_file,
-        cache_dir=cache_dir,
-        when=when,
-    )
     if memo_key is None:
         memo_key = memo_key_of(
-            archive_sha, function, script, options.serializer, owner=owner, when=when
-        )
+            code.archive_sha, code.function, code.script, options.serializer,
+            owner=owner, when=when,
+        )  # fmt: skip
     return Submission(
         workflow_id=workflow_id,
-        spec=spec,
+        spec=_spec(code, options, 0, 0, when),
         options=options,
         memo_key=memo_key,
         jobs=jobs,
@@ -169,18 +165,9 @@ def spec_from_row(
     if options is None:
         options = WorkOptions.from_json(row["options"])
     sha = row["archive_sha"]
-    return _spec(
-        options,
-        work_id=int(row["id"]),
-        workflow_id=int(row["workflow_id"]),
-        name=row["name"],
-        function=row["function"],
-        script=row["script"],
-        archive_sha=sha,
-        archive_file=archive_file(sha) if sha and archive_file is not None else None,
-        cache_dir=cache_dir,
-        when=row.get("when_predicate"),
-    )
+    file = archive_file(sha) if sha and archive_file is not None else None
+    code = WorkCode(row["name"], row["function"], row["script"], sha, file, cache_dir)
+    return _spec(code, options, int(row["id"]), int(row["workflow_id"]), row.get("when_predicate"))
 
 
 def _b64(data: bytes | None) -> str | None:

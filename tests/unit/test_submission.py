@@ -22,6 +22,7 @@ from tasklift.service.routes import works as works_route
 from tasklift.service.schemas import JobSpecPublic, WorkCreate
 from tasklift.submission import (
     Submission,
+    WorkCode,
     build_submission,
     request_body,
     runner_spec,
@@ -51,20 +52,13 @@ def _options(**changes: Any) -> WorkOptions:
 
 def _client(**changes: Any) -> Submission:
     values: dict[str, Any] = {
-        "workflow_id": 7,
-        "name": "square",
-        "function": "pkg.mod:square",
-        "script": None,
-        "archive_sha": SHA,
-        "archive_file": f"/archives/{SHA}.tar.gz",
-        "cache_dir": "/cache",
-        "options": _options(),
-        "jobs": JOBS,
         "when": b"predicate",
         "refs": [[Ref("x", 3, 0, "each")], [Ref("x", 3, 1, "each")]],
     }
     values.update(changes)
-    return build_submission(**values)
+    code = WorkCode("square", "pkg.mod:square", None, SHA, f"/archives/{SHA}.tar.gz", "/cache")
+    options = values.pop("options", _options())
+    return build_submission(7, code, options, JOBS, **values)
 
 
 class _Engine:

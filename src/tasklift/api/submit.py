@@ -21,7 +21,7 @@ from tasklift.errors import SerializationError, SubmissionError, short_repr
 from tasklift.keys import canonical_json
 from tasklift.records import WorkOptions
 from tasklift.serializers import get_serializer
-from tasklift.submission import build_submission
+from tasklift.submission import WorkCode, build_submission
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -385,42 +385,23 @@ def submit_work(
     options = _options(fn, run, when_arg)
     if fn.backend_object is not None:
         register_backend(run.engine, fn.backend, fn.backend_object)
+    cache_dir = str(run.engine.settings.cache_dir)
+    code = WorkCode(fn.name, function, script, run.archive_sha, run.archive_file, cache_dir)
     submission = build_submission(
-        workflow_id=run.workflow_id,
-        name=fn.name,
-        function=function,
-        script=script,
-        archive_sha=run.archive_sha,
-        archive_file=run.archive_file,
-        cache_dir=str(run.engine.settings.cache_dir),
-        options=options,
-        jobs=jobs,
-        when=when_bytes,
-        reuse=not run.fresh,
-        refs=refs,
+        run.workflow_id, code, options, jobs, when=when_bytes, reuse=not run.fresh, refs=refs
     )
     handles: list[Work] = []
 
     def on_stored(record: WorkRecord) -> None:
-        handles.append(
-            Work(
-                engine=run.engine,
-                work_id=record.work_id,
-                name=fn.name,
-                keys=keys,
-                calls=calls,
-                base_args=list(args),
-                base_kwargs={**fn.pre_kwargs, **kwargs},
-                serializer=fn.serializer,
-                map_results=fn.map_results,
-                min_success=fn.min_success,
-                n_reused=record.n_reused,
-                show_progress=run.show_progress,
-                subscribed_before_dispatch=True,
-                workflow_id=run.workflow_id,
-                elements=group if isinstance(group, Sequence) else None,
-            )
-        )
+        handle = Work(
+            engine=run.engine, work_id=record.work_id, name=fn.name, keys=keys, calls=calls,
+            base_args=list(args), base_kwargs={**fn.pre_kwargs, **kwargs},
+            serializer=fn.serializer, map_results=fn.map_results, min_success=fn.min_success,
+            n_reused=record.n_reused, show_progress=run.show_progress,
+            subscribed_before_dispatch=True, workflow_id=run.workflow_id,
+            elements=group if isinstance(group, Sequence) else None,
+        )  # fmt: skip
+        handles.append(handle)
 
     run.engine.submit_work(submission, on_stored=on_stored)
     [handle] = handles

@@ -27,7 +27,7 @@ from tasklift.service.schemas import (
     WorksPublic,
 )
 from tasklift.states import WORKFLOW_TERMINAL, WorkflowState
-from tasklift.submission import build_submission
+from tasklift.submission import WorkCode, build_submission
 
 router = APIRouter(prefix="/workflows", tags=["workflows"])
 
@@ -150,18 +150,11 @@ def _start_remote(
     options = WorkOptions(
         retries=0, backend=body.backend, init_env=body.init_env, kind="workflow", service_url=url
     )
+    cache_dir = str(engine.settings.cache_dir)
+    code = WorkCode(body.name, body.function, body.script, sha, engine.archive_file(sha), cache_dir)
+    # its own memo key: the workflow's job never shares a result
     submission = build_submission(
-        workflow_id=workflow_id,
-        name=body.name,
-        function=body.function,
-        script=body.script,
-        archive_sha=sha,
-        archive_file=engine.archive_file(sha),
-        cache_dir=str(engine.settings.cache_dir),
-        options=options,
-        jobs=[(key, payload)],
-        memo_key=key,  # its own: the workflow's job never shares a result
-        reuse=False,
+        workflow_id, code, options, [(key, payload)], memo_key=key, reuse=False
     )
     engine.submit_work(submission)
 

@@ -32,7 +32,7 @@ from tasklift.service.schemas import (
 )
 from tasklift.service.waiting import ResultFollower, ResultWaiter, page_dict, read_results
 from tasklift.states import WORK_TERMINAL
-from tasklift.submission import build_submission
+from tasklift.submission import WorkCode, build_submission
 
 if TYPE_CHECKING:
     from tasklift.engine.engine import Engine, WorkRecord
@@ -168,22 +168,17 @@ def _create(
         serializer=body.serializer,
         when_arg=body.when_arg,
     )
+    archive_file = engine.archive_file(sha) if sha else None
+    cache_dir = str(engine.settings.cache_dir)
+    code = WorkCode(body.name, body.function, body.script, sha, archive_file, cache_dir)
     submission = build_submission(
-        workflow_id=body.workflow_id,
-        name=body.name,
-        function=body.function,
-        script=body.script,
-        archive_sha=sha,
-        archive_file=engine.archive_file(sha) if sha else None,
-        cache_dir=str(engine.settings.cache_dir),
-        options=options,
-        jobs=jobs,
+        body.workflow_id, code, options, jobs,
         when=when,
         owner=workflow["owner"],  # memo reuse never crosses users
         reuse=body.reuse and not workflow["fresh"],
         refs=refs,
         require_running=True,
-    )
+    )  # fmt: skip
     _, record = engine.submit_work(submission, on_stored)
     return record
 
