@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +38,9 @@ Jobs = Sequence[tuple[str, bytes]]
 
 @dataclass(frozen=True)
 class WorkCode:
-    """What a work runs and where its code comes from.
-
-    Attributes:
-        name: the work's name (for messages).
-        function: ``module:qualname`` of the work function.
-        script: the path inside the archive of the script that defines it, or ``None``.
-        archive_sha: sha256 of the workflow's source archive (``None``: no archive).
-        archive_file: where the archive can be read on this host.
-        cache_dir: where archives are extracted on this host.
-    """
+    """What a work runs and where its code comes from: the :class:`WorkSpec` fields of the
+    same names (``name``, ``function``, ``script``, ``archive_sha``, ``archive_file``,
+    ``cache_dir``)."""
 
     name: str
     function: str
@@ -87,30 +80,20 @@ class Submission:
         return self.options.min_success
 
 
+_CODE_FIELDS = tuple(f.name for f in fields(WorkCode))
+_OPTION_FIELDS = tuple(
+    f.name for f in fields(WorkOptions) if f.name in WorkSpec.__dataclass_fields__
+)
+"""The options a job runner needs too (all but ``map_results`` and ``min_success``)."""
+
+
 def _spec(
     code: WorkCode, options: WorkOptions, work_id: int, workflow_id: int, when: bytes | None
 ) -> WorkSpec:
     """The one mapping of a work's code and options onto its spec."""
-    return WorkSpec(
-        work_id=work_id,
-        name=code.name,
-        function=code.function,
-        script=code.script,
-        archive_sha=code.archive_sha,
-        archive_file=code.archive_file,
-        cache_dir=code.cache_dir,
-        serializer=options.serializer,
-        timeout=options.timeout,
-        retries=options.retries,
-        init_env=options.init_env,
-        backend=options.backend,
-        resources=options.resources,
-        kind=options.kind,
-        workflow_id=workflow_id,
-        service_url=options.service_url,
-        when=when,
-        when_arg=options.when_arg,
-    )
+    shared = {name: getattr(code, name) for name in _CODE_FIELDS}
+    shared.update((name, getattr(options, name)) for name in _OPTION_FIELDS)
+    return WorkSpec(work_id=work_id, workflow_id=workflow_id, when=when, **shared)
 
 
 def build_submission(

@@ -285,22 +285,26 @@ def get_work(work_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> Wor
         return work_public(visible_work(conn, principal, work_id))
 
 
+def _act(
+    work_id: int, engine: Engine, principal: Principal, act: Callable[[int], Any]
+) -> WorkPublic:
+    """Run ``act`` on a work the caller may see; answer the work as it is then."""
+    with engine.db.connect() as conn:
+        visible_work(conn, principal, work_id)
+    act(work_id)
+    return work_public(engine.work_row(work_id))
+
+
 @router.post("/{work_id}/cancel")
 def cancel_work(work_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> WorkPublic:
     """Cancel the work's queued and running jobs."""
-    with engine.db.connect() as conn:
-        visible_work(conn, principal, work_id)
-    engine.cancel_work(work_id)
-    return work_public(engine.work_row(work_id))
+    return _act(work_id, engine, principal, engine.cancel_work)
 
 
 @router.post("/{work_id}/retry")
 def retry_work(work_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> WorkPublic:
     """Run the work's failed jobs again (finished jobs are left alone)."""
-    with engine.db.connect() as conn:
-        visible_work(conn, principal, work_id)
-    engine.retry_failed(work_id)
-    return work_public(engine.work_row(work_id))
+    return _act(work_id, engine, principal, engine.retry_failed)
 
 
 @router.get("/{work_id}/jobs")
