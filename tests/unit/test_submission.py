@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from tasklift.engine.dataflow import Ref
 from tasklift.errors import SubmissionError
 from tasklift.keys import memo_key
 from tasklift.records import JobSpec, WorkOptions
@@ -30,6 +29,7 @@ from tasklift.submission import (
     work_spec_from_runner,
 )
 
+Ref = works_route.Ref  # the data-flow input the route builds (wherever it is defined)
 SHA = "ab" * 32
 PAYLOADS = [b'{"kwargs":{"x":1}}', b'{"kwargs":{"x":2}}']
 JOBS = [(hashlib.sha256(p).hexdigest(), p) for p in PAYLOADS]
