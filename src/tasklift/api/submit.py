@@ -75,7 +75,7 @@ def _location(func: Callable[..., Any], source_dir: Path | None) -> tuple[str, s
     return f"{module}:{qualname}", None
 
 
-def _check_json(calls: list[tuple[list[Any], dict[str, Any]]]) -> list[str]:
+def _check_json(calls: Sequence[Call]) -> list[str]:
     texts = []
     for i, (args, kwargs) in enumerate(calls):
         try:
@@ -99,7 +99,7 @@ def _sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _pickle_texts(calls: list[tuple[list[Any], dict[str, Any]]]) -> list[str]:
+def _pickle_texts(calls: Sequence[Call]) -> list[str]:
     import pickle
 
     def default(obj: Any) -> Any:
@@ -384,7 +384,7 @@ def submit_work(
     function, script = function_location(fn, run.source_dir)
     options = _options(fn, run, when_arg)
     if fn.backend_object is not None:
-        register_backend(run.engine, fn.backend, fn.backend_object)
+        register_backend(run.engine, options.backend, fn.backend_object)
     cache_dir = str(run.engine.settings.cache_dir)
     code = WorkCode(fn.name, function, script, run.archive_sha, run.archive_file, cache_dir)
     submission = build_submission(
