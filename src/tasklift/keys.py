@@ -74,15 +74,27 @@ def job_key(args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def memo_key(*parts: Any, when: bytes | None = None) -> str:
+def memo_key(
+    archive_sha: str | None,
+    function: str,
+    script: str | None,
+    serializer: str,
+    *,
+    owner: str | None = None,
+    when: bytes | None = None,
+) -> str:
     """Return the memo key of a work: the finished jobs of works with the same memo key and
-    job key are reused.
+    job key are reused. The one formula, for the client and the server.
 
-    ``parts`` are what makes a job's result the same (archive hash, function, script,
-    serializer; the owner on a server). ``when`` (the cloudpickled ``when=`` predicate, code
+    The archive hash, function, script and serializer are what makes a job's result the
+    same. A server passes the workflow's ``owner``: memo reuse never crosses users (it leads
+    the text, as servers always wrote it). ``when`` (the cloudpickled ``when=`` predicate, code
     and captured values) is part of it, so changing the condition never reuses jobs decided by
     another one; works without ``when`` keep the key they always had.
     """
+    parts: tuple[Any, ...] = (archive_sha, function, script, serializer)
+    if owner is not None:
+        parts = (owner, *parts)
     text = "|".join(str(p) for p in parts)
     if when is not None:
         text += "|when:" + hashlib.sha256(when).hexdigest()

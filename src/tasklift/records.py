@@ -48,6 +48,10 @@ class WorkOptions:
     kind: str = "work"
     service_url: str | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """Every option by name (the API's and the pages' form)."""
+        return asdict(self)
+
     def to_json(self) -> str:
         """The stored form (a JSON object)."""
         return json.dumps(asdict(self))

@@ -11,18 +11,18 @@ through these members. Two implementations:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from tasklift.archive import PackedArchive
     from tasklift.backends.base import Backend
     from tasklift.bus.base import Bus
-    from tasklift.db.dataflow import Ref
     from tasklift.engine.live import WorkRecord
     from tasklift.records import ResultRecord, WorkSpec
     from tasklift.settings import Settings
     from tasklift.states import WorkflowState
+    from tasklift.submission import Submission
 
 __all__ = ["WORK_ROW_KEYS", "EngineClient"]
 
@@ -75,17 +75,7 @@ class EngineClient(Protocol):
         ...
 
     def submit_work(
-        self,
-        *,
-        workflow_id: int,
-        spec: WorkSpec,
-        memo_key: str,
-        options: str,
-        min_success: float,
-        jobs: Sequence[tuple[str, bytes]],
-        reuse: bool,
-        on_stored: Callable[[WorkRecord], None] | None = None,
-        refs: Sequence[Sequence[Ref]] | None = None,
+        self, submission: Submission, on_stored: Callable[[WorkRecord], None] | None = None
     ) -> tuple[WorkSpec, WorkRecord]:
         """Store a work with its jobs and queue them; ``on_stored`` is called with the new
         work before any of its jobs can end (subscribe to its results there)."""

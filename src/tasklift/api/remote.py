@@ -8,10 +8,8 @@ followed with long polls of ``GET /works/{id}/results`` from the last cursor.
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -30,6 +28,7 @@ from tasklift.errors import (
 )
 from tasklift.records import ResultRecord, WorkSpec
 from tasklift.states import WorkflowState
+from tasklift.submission import Submission, request_body
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -137,46 +136,13 @@ class HttpService(HttpClient):
         return None
 
     def submit_work(
-        self,
-        *,
-        workflow_id: int,
-        spec: WorkSpec,
-        memo_key: str,
-        options: str,
-        min_success: float,
-        jobs: Sequence[tuple[str, bytes]],
-        reuse: bool,
-        on_stored: Callable[[WorkRecord], None] | None = None,
-        refs: Sequence[Sequence[Any]] | None = None,
+        self, submission: Submission, on_stored: Callable[[WorkRecord], None] | None = None
     ) -> tuple[WorkSpec, WorkRecord]:
         """Create the work with all its jobs in one request."""
         from tasklift.engine.engine import WorkRecord
 
-        body = {
-            "workflow_id": workflow_id,
-            "name": spec.name,
-            "function": spec.function,
-            "script": spec.script,
-            "serializer": spec.serializer,
-            "timeout": spec.timeout,
-            "retries": spec.retries,
-            "init_env": spec.init_env,
-            "backend": spec.backend,
-            "resources": spec.resources,
-            "min_success": min_success,
-            "map_results": bool(orjson.loads(options).get("map_results")),
-            "reuse": reuse,
-            "jobs": [
-                {
-                    "key": key,
-                    "payload": base64.b64encode(p).decode(),
-                    **({"refs": [r.__dict__ for r in refs[i]]} if refs and refs[i] else {}),
-                }
-                for i, (key, p) in enumerate(jobs)
-            ],
-            "when": base64.b64encode(spec.when).decode() if spec.when else None,
-            "when_arg": spec.when_arg,
-        }
+        spec = submission.spec
+        body = request_body(submission)
         work, stream = self._create_work(body)
         record = WorkRecord(work_id=work["id"], n_jobs=work["n_jobs"], n_reused=work["n_reused"])
         if stream is not None:

@@ -19,9 +19,10 @@ from tasklift.api.joblist import EAGER_UP_TO, JobList, LazyCalls
 from tasklift.api.results import Work, WorkRef
 from tasklift.backends.registry import register_backend
 from tasklift.errors import SerializationError, SubmissionError, short_repr
-from tasklift.keys import canonical_json, memo_key
-from tasklift.records import WorkSpec
+from tasklift.keys import canonical_json
+from tasklift.records import WorkOptions
 from tasklift.serializers import get_serializer
+from tasklift.submission import WorkCode, build_submission
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 __all__ = ["function_location", "submit_work"]
 
 logger = logging.getLogger(__name__)
+
+Call = tuple[list[Any], dict[str, Any]]
+"""One job's call: positional and keyword arguments."""
 
 
 def function_location(fn: WorkFunction, source_dir: Path | None) -> tuple[str, str | None]:
@@ -72,7 +76,7 @@ def _location(func: Callable[..., Any], source_dir: Path | None) -> tuple[str, s
     return f"{module}:{qualname}", None
 
 
-def _check_json(calls: list[tuple[list[Any], dict[str, Any]]]) -> list[str]:
+def _check_json(calls: Sequence[Call]) -> list[str]:
     texts = []
     for i, (args, kwargs) in enumerate(calls):
         try:
@@ -96,7 +100,7 @@ def _sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _pickle_texts(calls: list[tuple[list[Any], dict[str, Any]]]) -> list[str]:
+def _pickle_texts(calls: Sequence[Call]) -> list[str]:
     import pickle
 
     def default(obj: Any) -> Any:
@@ -303,23 +307,16 @@ def _check_signature(fn: WorkFunction, calls: Sequence[tuple[list[Any], dict[str
             ) from None
 
 
-def submit_work(
-    run: WorkflowRun,
-    fn: WorkFunction,
-    args: Sequence[Any],
-    kwargs: Mapping[str, Any],
-    group: Any,
-    return_work: bool,
-    when: Callable[[Any], bool] | None = None,
-) -> Any:
-    """Store one work with all its jobs, then return a handle or wait for the results."""
+def _prepare_calls(
+    run: WorkflowRun, fn: WorkFunction, args: Sequence[Any], kwargs: Mapping[str, Any], group: Any
+) -> tuple[Any, Sequence[Call], Sequence[Call], list[list[Ref]] | None]:
+    """The group (``each()`` expanded), the calls of the jobs (payload form, and key form with
+    upstream keys in place of inputs from other works) and those inputs per job."""
     group, has_refs = _expand_each(fn, args, kwargs, group)
     if not has_refs and isinstance(group, (list, tuple)) and len(group) > EAGER_UP_TO:
         # a large group's calls are made slice by slice as its jobs are stored (an element
         # that is not a dict or list then fails the work when its slice is reached)
-        calls: Sequence[tuple[list[Any], dict[str, Any]]] = LazyCalls(
-            lambda part: fn.calls(args, kwargs, part), group
-        )
+        calls: Sequence[Call] = LazyCalls(lambda part: fn.calls(args, kwargs, part), group)
         key_calls, refs = calls, None
     else:
         calls = fn.calls(args, kwargs, group)
@@ -327,10 +324,14 @@ def submit_work(
             raise SubmissionError(f"work {fn.name!r}: group_kwargs is empty; nothing to run")
         calls, key_calls, refs = _split_refs(fn, run, calls)
     _check_signature(fn, calls if not isinstance(calls, LazyCalls) else calls[:1])
-    when_bytes, when_arg = _when(fn, when, refs)
+    return group, calls, key_calls, refs
+
+
+def _job_list(fn: WorkFunction, calls: Sequence[Call], key_calls: Sequence[Call]) -> JobList:
+    """Keys and payloads of the jobs, computed chunk by chunk as a large work is stored."""
     serializer = get_serializer(fn.serializer)
 
-    def payloads(batch: Sequence[tuple[list[Any], dict[str, Any]]]) -> list[bytes]:
+    def payloads(batch: Sequence[Call]) -> list[bytes]:
         try:
             # copied: orjson's bytes keep their whole initial buffer (about 4 KB each here),
             # so a million kept payloads would hold 4 GB; the copy is exact-sized (issue 7)
@@ -342,8 +343,7 @@ def submit_work(
         except SerializationError as exc:
             raise SubmissionError(f"work {fn.name!r}: {exc}") from exc
 
-    # keys and payloads of a large work are computed chunk by chunk as it is stored
-    jobs = JobList(
+    return JobList(
         fn.name,
         calls,
         key_calls,
@@ -351,77 +351,60 @@ def submit_work(
         payloads,
         _sha256_hex,
     )
-    keys = jobs.keys
-    function, script = function_location(fn, run.source_dir)
-    backend = fn.backend or run.backend
-    if fn.backend_object is not None:
-        register_backend(run.engine, fn.backend, fn.backend_object)
-    init_env = fn.init_env if fn.init_env is not None else run.init_env
-    spec = WorkSpec(
-        work_id=0,
-        name=fn.name,
-        function=function,
-        script=script,
-        archive_sha=run.archive_sha,
-        archive_file=run.archive_file,
-        cache_dir=str(run.engine.settings.cache_dir),
-        serializer=fn.serializer,
-        timeout=fn.timeout,
+
+
+def _options(fn: WorkFunction, run: WorkflowRun, when_arg: str | None) -> WorkOptions:
+    """The work's options: the function's, the workflow's where the function sets none."""
+    return WorkOptions(
+        map_results=fn.map_results,
         retries=fn.retries,
-        init_env=init_env,
-        backend=backend,
+        timeout=fn.timeout,
         resources=fn.resources,
-        when=when_bytes,
+        backend=fn.backend or run.backend,
+        init_env=fn.init_env if fn.init_env is not None else run.init_env,
+        min_success=fn.min_success,
+        serializer=fn.serializer,
         when_arg=when_arg,
     )
-    memo = memo_key(run.archive_sha, function, script, fn.serializer, when=when_bytes)
-    options = json.dumps(
-        {
-            "map_results": fn.map_results,
-            "retries": fn.retries,
-            "timeout": fn.timeout,
-            "resources": fn.resources,
-            "backend": backend,
-            "init_env": init_env,
-            "min_success": fn.min_success,
-            "serializer": fn.serializer,
-            "when_arg": when_arg,
-        }
+
+
+def submit_work(
+    run: WorkflowRun,
+    fn: WorkFunction,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    group: Any,
+    return_work: bool,
+    when: Callable[[Any], bool] | None = None,
+) -> Any:
+    """Store one work with all its jobs, then return a handle or wait for the results."""
+    group, calls, key_calls, refs = _prepare_calls(run, fn, args, kwargs, group)
+    when_bytes, when_arg = _when(fn, when, refs)
+    jobs = _job_list(fn, calls, key_calls)
+    keys = jobs.keys
+    function, script = function_location(fn, run.source_dir)
+    options = _options(fn, run, when_arg)
+    if fn.backend_object is not None:
+        register_backend(run.engine, options.backend, fn.backend_object)
+    cache_dir = str(run.engine.settings.cache_dir)
+    code = WorkCode(fn.name, function, script, run.archive_sha, run.archive_file, cache_dir)
+    submission = build_submission(
+        run.workflow_id, code, options, jobs, when=when_bytes, reuse=not run.fresh, refs=refs
     )
     handles: list[Work] = []
 
     def on_stored(record: WorkRecord) -> None:
-        handles.append(
-            Work(
-                engine=run.engine,
-                work_id=record.work_id,
-                name=fn.name,
-                keys=keys,
-                calls=calls,
-                base_args=list(args),
-                base_kwargs={**fn.pre_kwargs, **kwargs},
-                serializer=fn.serializer,
-                map_results=fn.map_results,
-                min_success=fn.min_success,
-                n_reused=record.n_reused,
-                show_progress=run.show_progress,
-                subscribed_before_dispatch=True,
-                workflow_id=run.workflow_id,
-                elements=group if isinstance(group, Sequence) else None,
-            )
-        )
+        handle = Work(
+            engine=run.engine, work_id=record.work_id, name=fn.name, keys=keys, calls=calls,
+            base_args=list(args), base_kwargs={**fn.pre_kwargs, **kwargs},
+            serializer=fn.serializer, map_results=fn.map_results, min_success=fn.min_success,
+            n_reused=record.n_reused, show_progress=run.show_progress,
+            subscribed_before_dispatch=True, workflow_id=run.workflow_id,
+            elements=group if isinstance(group, Sequence) else None,
+        )  # fmt: skip
+        handles.append(handle)
 
-    run.engine.submit_work(
-        workflow_id=run.workflow_id,
-        spec=spec,
-        memo_key=memo,
-        options=options,
-        min_success=fn.min_success,
-        jobs=jobs,
-        reuse=not run.fresh,
-        on_stored=on_stored,
-        refs=refs,
-    )
+    run.engine.submit_work(submission, on_stored=on_stored)
     [handle] = handles
     run.works.append(handle)
     if return_work:

@@ -7,7 +7,6 @@ change through :func:`tasklift.db.jobs.transition`.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ from tasklift.db.jobs import transition
 from tasklift.db.tables import deps, edges, jobs, works
 from tasklift.db.works import WorkCounts, bump_work_counters, reopen_work, set_work_status, state_of
 from tasklift.errors import SubmissionError
-from tasklift.records import JobSpec, ResultRecord
+from tasklift.records import JobSpec, ResultRecord, WorkOptions
 from tasklift.states import WORK_TERMINAL, JobState, WorkState
 
 __all__ = [
@@ -297,7 +296,7 @@ def end_jobs(
 
 def _state_of(conn: Connection, work_id: int, counts: WorkCounts) -> WorkState:
     options = conn.execute(select(works.c.options).where(works.c.id == work_id)).scalar()
-    min_success = json.loads(options or "{}").get("min_success", 1.0)
+    min_success = WorkOptions.from_json(options).min_success
     state = state_of(counts, min_success)
     if state in WORK_TERMINAL:
         set_work_status(conn, work_id, state.value, finished=True)

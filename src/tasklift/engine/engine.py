@@ -31,7 +31,7 @@ from sqlalchemy.exc import OperationalError
 from tasklift.archive import PackedArchive, archive_path, store_archive
 from tasklift.backends.base import Backend
 from tasklift.bus.base import Bus
-from tasklift.db import dataflow, tables
+from tasklift.db import tables
 from tasklift.db.archives import upsert_archive
 from tasklift.db.results import result_records
 from tasklift.db.session import SerialWriter, create_db_engine, upgrade
@@ -53,6 +53,7 @@ from tasklift.errors import DatabaseUnavailable, NotFoundError
 from tasklift.records import Outcome, ResultRecord, WorkSpec
 from tasklift.settings import Settings
 from tasklift.states import WorkflowState
+from tasklift.submission import Submission
 
 __all__ = ["Engine", "WorkRecord"]
 
@@ -239,32 +240,10 @@ class Engine:
 
     # ------------------------------------------------------------------ works
     def submit_work(
-        self,
-        *,
-        workflow_id: int,
-        spec: WorkSpec,
-        memo_key: str,
-        options: str,
-        min_success: float,
-        jobs: Sequence[tuple[str, bytes]],
-        reuse: bool,
-        on_stored: Callable[[WorkRecord], None] | None = None,
-        refs: Sequence[Sequence[dataflow.Ref]] | None = None,
-        require_running: bool = False,
+        self, submission: Submission, on_stored: Callable[[WorkRecord], None] | None = None
     ) -> tuple[WorkSpec, WorkRecord]:
         """Store a work with its jobs and queue them (see :class:`WorkControl.submit`)."""
-        return self._works.submit(
-            workflow_id=workflow_id,
-            spec=spec,
-            memo_key=memo_key,
-            options=options,
-            min_success=min_success,
-            jobs=jobs,
-            reuse=reuse,
-            on_stored=on_stored,
-            refs=refs,
-            require_running=require_running,
-        )
+        return self._works.submit(submission, on_stored)
 
     def store_error(self, work_id: int) -> str | None:
         """Why storing a large work's jobs stopped short (``None``: it did not)."""

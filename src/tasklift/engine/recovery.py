@@ -4,7 +4,6 @@ for works that other engines created."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -27,9 +26,10 @@ from tasklift.engine.dispatch import Dispatcher
 from tasklift.engine.live import LiveWork, Memory
 from tasklift.engine.loop import EngineLoop, LoopStopped
 from tasklift.errors import BackendError, ConfigError
-from tasklift.records import WorkSpec
+from tasklift.records import WorkOptions
 from tasklift.settings import Settings
 from tasklift.states import JobState, WorkflowState, WorkState
+from tasklift.submission import spec_from_row
 
 __all__ = ["Recovery", "close_orphaned_workflows", "process_alive"]
 
@@ -161,7 +161,7 @@ class Recovery:
 
     def _runners_outlive_engine(self, row: Any) -> bool:
         """True when the work's backend runs jobs that survive this engine (e.g. Slurm)."""
-        name = json.loads(row["options"]).get("backend") or "local"
+        name = WorkOptions.from_json(row["options"]).backend
         try:
             return self._backends.get(name).handles_outlive_engine
         except (ConfigError, BackendError) as exc:
@@ -237,27 +237,12 @@ class Recovery:
 
     def live_from_row(self, row: dict[str, Any]) -> LiveWork:
         """Rebuild a work's in-memory state from its stored row and options."""
-        options = json.loads(row["options"])
-        sha = row["archive_sha"]
-        spec = WorkSpec(
-            work_id=row["id"],
-            name=row["name"],
-            function=row["function"],
-            script=row["script"],
-            archive_sha=sha,
-            archive_file=self._archive_file(sha) if sha else None,
+        options = WorkOptions.from_json(row["options"])
+        spec = spec_from_row(
+            row,
+            options=options,
             cache_dir=str(self._settings.cache_dir),
-            serializer=options.get("serializer", "json"),
-            timeout=options.get("timeout"),
-            retries=options.get("retries", 2),
-            init_env=options.get("init_env"),
-            backend=options.get("backend") or "local",
-            resources=options.get("resources") or {},
-            kind=options.get("kind", "work"),
-            workflow_id=row["workflow_id"],
-            service_url=options.get("service_url"),
-            when=row.get("when_predicate"),
-            when_arg=options.get("when_arg"),
+            archive_file=self._archive_file,
         )
         with self._db.connect() as conn:
             upstream = (
@@ -279,7 +264,7 @@ class Recovery:
         live = LiveWork(
             spec=spec,
             n_jobs=row["n_jobs"],
-            min_success=options.get("min_success", 1.0),
+            min_success=options.min_success,
             finished=row["n_finished"],
             failed=row["n_failed"],
             cancelled=row["n_cancelled"],

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -35,6 +35,7 @@ from tasklift.engine.store import STORE_CHUNK, ChunkedStore, StoredWork, WorkSto
 from tasklift.errors import BackendError, NotFoundError
 from tasklift.records import JobSpec, Outcome, ResultRecord, WorkSpec
 from tasklift.states import WORK_TERMINAL, JobState, WorkState, work_state
+from tasklift.submission import Submission
 
 __all__ = ["IN_MEMORY_JOBS", "RUNNING_BATCH_DELAY", "WorkControl"]
 
@@ -84,18 +85,7 @@ class WorkControl:
 
     # ------------------------------------------------------------------ a new work
     def submit(
-        self,
-        *,
-        workflow_id: int,
-        spec: WorkSpec,
-        memo_key: str,
-        options: str,
-        min_success: float,
-        jobs: Sequence[tuple[str, bytes]],
-        reuse: bool,
-        on_stored: Callable[[WorkRecord], None] | None,
-        refs: Sequence[Sequence[dataflow.Ref]] | None,
-        require_running: bool,
+        self, submission: Submission, on_stored: Callable[[WorkRecord], None] | None
     ) -> tuple[WorkSpec, WorkRecord]:
         """Store a work with its jobs and queue them (caller's thread).
 
@@ -114,20 +104,23 @@ class WorkControl:
         result copied, nothing runs) when ``reuse`` is true. ``on_stored`` runs on the loop
         thread before any job of the work is dispatched (e.g. to subscribe to its results).
         """
+        sub, jobs = submission, submission.jobs
         n_jobs = len(jobs)
-        streamed = not refs and n_jobs > IN_MEMORY_JOBS
+        streamed = not sub.refs and n_jobs > IN_MEMORY_JOBS
         claim = 0
-        if not refs and not streamed:  # the jobs the backend has room for are stored claimed
-            claim = min(n_jobs, self._room(replace(spec, workflow_id=workflow_id)))
+        if not sub.refs and not streamed:  # the jobs the backend has room for are stored claimed
+            claim = min(n_jobs, self._room(replace(sub.spec, workflow_id=sub.workflow_id)))
         # a list: the jobs are read several times below (a lazy sequence computes each time)
         first = list(jobs[:STORE_CHUNK] if streamed else jobs[:])
         work = WorkToStore(
-            workflow_id, spec, memo_key, options, min_success, first, n_jobs, reuse,
-            refs, claim, require_running,
+            sub.workflow_id, sub.spec, sub.memo_key, sub.options.to_json(), sub.min_success,
+            first, n_jobs, sub.reuse, sub.refs, claim, sub.require_running,
         )  # fmt: skip
         spec, record, done = self._loop.call(self._store_and_queue, work, on_stored, streamed)
         if done is not None:  # the rest is stored by a thread of its own
-            self._chunks.start(record.work_id, jobs, len(first), memo_key, reuse, min_success, done)
+            self._chunks.start(
+                record.work_id, jobs, len(first), sub.memo_key, sub.reuse, sub.min_success, done
+            )
         return spec, record
 
     def _room(self, spec: WorkSpec) -> int:

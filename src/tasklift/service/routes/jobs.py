@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any
 
 from fastapi import APIRouter, Query
@@ -13,12 +12,13 @@ from sqlalchemy import select, update
 
 from tasklift.db import dataflow, tables
 from tasklift.errors import ConflictError, NotFoundError, PermissionDeniedError, SubmissionError
-from tasklift.records import JobSpec, Outcome
+from tasklift.records import JobSpec, Outcome, WorkOptions
 from tasklift.service.access import visible_job
 from tasklift.service.deps import EngineDep, IdPath, PrincipalDep
 from tasklift.service.principal import Principal
 from tasklift.service.routes.works import job_public
 from tasklift.service.schemas import JobPublic, JobSpecPublic, LogsPublic, OutcomeIn
+from tasklift.submission import runner_spec, spec_from_row
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -31,7 +31,7 @@ def get_job(job_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> JobPu
         options = conn.execute(
             select(tables.works.c.options).where(tables.works.c.id == row["work_id"])
         ).scalar()
-    return job_public(row, json.loads(options or "{}").get("serializer", "json"))
+    return job_public(row, WorkOptions.from_json(options).serializer)
 
 
 @router.get("/{job_id}/logs")
@@ -69,27 +69,16 @@ def get_spec(job_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> JobS
     """The job's function, archive and inputs (upstream results filled in), for its runner."""
     found = _own_job(engine, principal, job_id)
     job, work = found["job"], found["work"]
-    options = json.loads(work["options"])
+    options = WorkOptions.from_json(work["options"])
     spec = JobSpec(job_id, int(job["attempts"]) or 1, job["payload"])
     with engine.db.connect() as conn:
         [spec] = dataflow.resolve_payloads(conn, [spec])
     engine.note_heartbeat(job_id)  # fetching its spec is the runner's first sign of life
     return JobSpecPublic(
-        job_id=job_id,
-        work_id=work["id"],
-        workflow_id=work["workflow_id"],
+        **runner_spec(spec_from_row(work, options=options), spec),
         attempt=spec.attempt,
-        name=work["name"],
-        function=work["function"],
-        script=work["script"],
-        archive_sha=work["archive_sha"],
-        serializer=options.get("serializer", "json"),
-        timeout=options.get("timeout"),
-        init_env=options.get("init_env"),
-        resources=options.get("resources") or {},
-        payload=base64.b64encode(spec.payload).decode(),
-        when=base64.b64encode(work["when_predicate"]).decode() if work["when_predicate"] else None,
-        when_arg=options.get("when_arg"),
+        init_env=options.init_env,
+        resources=options.resources,
         heartbeat_interval=engine.settings.heartbeat_interval,
     )
 

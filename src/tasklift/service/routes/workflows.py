@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +15,7 @@ from tasklift.db import tables
 from tasklift.db.workflows import workflow_totals
 from tasklift.db.works import running_work_ids
 from tasklift.errors import ConflictError, PermissionDeniedError, SubmissionError
-from tasklift.records import WorkSpec
+from tasklift.records import WorkOptions
 from tasklift.service.access import visible_workflow
 from tasklift.service.deps import MAX_ID, EngineDep, IdPath, PrincipalDep, UserDep
 from tasklift.service.routes.rows import columns_for
@@ -31,6 +30,7 @@ from tasklift.service.schemas import (
     WorksPublic,
 )
 from tasklift.states import WORKFLOW_TERMINAL, WorkflowState
+from tasklift.submission import WorkCode, build_submission
 
 router = APIRouter(prefix="/workflows", tags=["workflows"])
 
@@ -146,41 +146,17 @@ def _start_remote(
     """Queue the one job that runs the workflow function (its works come back via the API)."""
     sha = body.archive_sha
     assert sha is not None
-    spec = WorkSpec(
-        work_id=0,
-        name=body.name,
-        function=body.function,
-        script=body.script,
-        archive_sha=sha,
-        archive_file=engine.archive_file(sha),
-        cache_dir=str(engine.settings.cache_dir),
-        retries=0,
-        init_env=body.init_env,
-        backend=body.backend,
-        kind="workflow",
-        workflow_id=workflow_id,
-        service_url=url,
+    key = hashlib.sha256(payload).hexdigest()
+    options = WorkOptions(
+        retries=0, backend=body.backend, init_env=body.init_env, kind="workflow", service_url=url
     )
-    options = json.dumps(
-        {
-            "kind": "workflow",
-            "service_url": url,
-            "retries": 0,
-            "backend": body.backend,
-            "init_env": body.init_env,
-            "serializer": "json",
-            "min_success": 1.0,
-        }
+    cache_dir = str(engine.settings.cache_dir)
+    code = WorkCode(body.name, body.function, body.script, sha, engine.archive_file(sha), cache_dir)
+    # its own memo key: the workflow's job never shares a result
+    submission = build_submission(
+        workflow_id, code, options, [(key, payload)], memo_key=key, reuse=False
     )
-    engine.submit_work(
-        workflow_id=workflow_id,
-        spec=spec,
-        memo_key=hashlib.sha256(payload).hexdigest(),
-        options=options,
-        min_success=1.0,
-        reuse=False,
-        jobs=[(hashlib.sha256(payload).hexdigest(), payload)],
-    )
+    engine.submit_work(submission)
 
 
 @router.get("")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -20,8 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from tasklift.db import tables
 from tasklift.db.dataflow import Ref
 from tasklift.errors import SubmissionError
-from tasklift.keys import memo_key as memo_key_of
-from tasklift.records import WorkSpec
+from tasklift.records import WorkOptions
 from tasklift.service.access import WorkflowFacts, check_workflow_access, visible_work
 from tasklift.service.deps import MAX_ID, EngineDep, FactsDep, IdPath, PrincipalDep
 from tasklift.service.principal import Principal
@@ -34,6 +32,7 @@ from tasklift.service.schemas import (
 )
 from tasklift.service.waiting import ResultFollower, ResultWaiter, page_dict, read_results
 from tasklift.states import WORK_TERMINAL
+from tasklift.submission import WorkCode, build_submission
 
 if TYPE_CHECKING:
     from tasklift.engine.engine import Engine, WorkRecord
@@ -58,7 +57,7 @@ def work_public(row: dict[str, Any]) -> WorkPublic:
         script=row["script"],
         archive_sha=row["archive_sha"],
         status=row["status"],
-        options=json.loads(row["options"]),
+        options=WorkOptions.from_json(row["options"]).to_dict(),
         n_jobs=row["n_jobs"],
         n_finished=row["n_finished"],
         n_failed=row["n_failed"],
@@ -103,33 +102,22 @@ def job_public(row: dict[str, Any], serializer: str) -> JobPublic:
     )
 
 
-def _create(
-    body: WorkCreate,
-    engine: Engine,
-    facts: WorkflowFacts,
-    principal: Principal,
-    on_stored: Callable[[WorkRecord], None] | None,
-) -> WorkRecord:
-    """Check, store and queue the work (runs in a worker thread).
+def _decode_when(body: WorkCreate) -> bytes | None:
+    """The ``when=`` predicate (base64 in the body), checked to come with its input."""
+    if body.when is None:
+        return None
+    try:
+        when = base64.b64decode(body.when, validate=True)
+    except (binascii.Error, ValueError):
+        raise SubmissionError("when is not valid base64") from None
+    if not body.when_arg:
+        raise SubmissionError("when needs when_arg (the input it tests)")
+    return when
 
-    The workflow's owner and set-up come from ``facts`` (they never change); whether it still
-    runs is checked by the store transaction itself.
-    """
-    workflow = facts.get(body.workflow_id)
-    check_workflow_access(principal, body.workflow_id, workflow and workflow["owner"])
-    assert workflow is not None  # checked above
+
+def _decode_jobs(body: WorkCreate) -> list[tuple[str, bytes]]:
+    """The jobs' keys and payloads (base64 in the body; JSON for a JSON work; keys unique)."""
     jobs: list[tuple[str, bytes]] = []
-    refs = [[Ref(r.arg, r.work_id, r.idx, r.mode) for r in job.refs] for job in body.jobs]
-    if any(refs) and body.serializer != "json":
-        raise SubmissionError("inputs from other works need serializer 'json'")
-    when: bytes | None = None
-    if body.when is not None:
-        try:
-            when = base64.b64decode(body.when, validate=True)
-        except (binascii.Error, ValueError):
-            raise SubmissionError("when is not valid base64") from None
-        if not body.when_arg:
-            raise SubmissionError("when needs when_arg (the input it tests)")
     seen: set[str] = set()
     for i, job in enumerate(body.jobs):
         try:
@@ -145,55 +133,53 @@ def _create(
             raise SubmissionError(f"jobs[{i}] repeats key {job.key[:12]}", key=job.key)
         seen.add(job.key)
         jobs.append((job.key, payload))
+    return jobs
+
+
+def _create(
+    body: WorkCreate,
+    engine: Engine,
+    facts: WorkflowFacts,
+    principal: Principal,
+    on_stored: Callable[[WorkRecord], None] | None,
+) -> WorkRecord:
+    """Check, store and queue the work (runs in a worker thread).
+
+    The workflow's owner and set-up come from ``facts`` (they never change); whether it still
+    runs is checked by the store transaction itself.
+    """
+    workflow = facts.get(body.workflow_id)
+    check_workflow_access(principal, body.workflow_id, workflow and workflow["owner"])
+    assert workflow is not None  # checked above
+    refs = [[Ref(r.arg, r.work_id, r.idx, r.mode) for r in job.refs] for job in body.jobs]
+    if any(refs) and body.serializer != "json":
+        raise SubmissionError("inputs from other works need serializer 'json'")
+    when = _decode_when(body)
+    jobs = _decode_jobs(body)
     sha = workflow["archive_sha"]
-    backend = body.backend or workflow["backend"] or "local"
-    init_env = body.init_env if body.init_env is not None else workflow["init_env"]
-    spec = WorkSpec(
-        work_id=0,
-        name=body.name,
-        function=body.function,
-        script=body.script,
-        archive_sha=sha,
-        archive_file=engine.archive_file(sha) if sha else None,
-        cache_dir=str(engine.settings.cache_dir),
-        serializer=body.serializer,
-        timeout=body.timeout,
+    options = WorkOptions(
+        map_results=body.map_results,
         retries=body.retries,
-        init_env=init_env,
-        backend=backend,
+        timeout=body.timeout,
         resources=body.resources,
-        when=when,
+        backend=body.backend or workflow["backend"] or "local",
+        init_env=body.init_env if body.init_env is not None else workflow["init_env"],
+        min_success=body.min_success,
+        serializer=body.serializer,
         when_arg=body.when_arg,
     )
-    # memo reuse never crosses users: the owner is part of the key
-    memo_key = memo_key_of(
-        workflow["owner"], sha, body.function, body.script, body.serializer, when=when
-    )
-    options = json.dumps(
-        {
-            "map_results": body.map_results,
-            "retries": body.retries,
-            "timeout": body.timeout,
-            "resources": body.resources,
-            "backend": backend,
-            "init_env": init_env,
-            "min_success": body.min_success,
-            "serializer": body.serializer,
-            "when_arg": body.when_arg,
-        }
-    )
-    _, record = engine.submit_work(
-        workflow_id=body.workflow_id,
-        spec=spec,
-        memo_key=memo_key,
-        options=options,
-        min_success=body.min_success,
-        jobs=jobs,
+    archive_file = engine.archive_file(sha) if sha else None
+    cache_dir = str(engine.settings.cache_dir)
+    code = WorkCode(body.name, body.function, body.script, sha, archive_file, cache_dir)
+    submission = build_submission(
+        body.workflow_id, code, options, jobs,
+        when=when,
+        owner=workflow["owner"],  # memo reuse never crosses users
         reuse=body.reuse and not workflow["fresh"],
-        on_stored=on_stored,
-        refs=refs if any(refs) else None,
+        refs=refs,
         require_running=True,
-    )
+    )  # fmt: skip
+    _, record = engine.submit_work(submission, on_stored)
     return record
 
 
@@ -299,22 +285,26 @@ def get_work(work_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> Wor
         return work_public(visible_work(conn, principal, work_id))
 
 
+def _act(
+    work_id: int, engine: Engine, principal: Principal, act: Callable[[int], Any]
+) -> WorkPublic:
+    """Run ``act`` on a work the caller may see; answer the work as it is then."""
+    with engine.db.connect() as conn:
+        visible_work(conn, principal, work_id)
+    act(work_id)
+    return work_public(engine.work_row(work_id))
+
+
 @router.post("/{work_id}/cancel")
 def cancel_work(work_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> WorkPublic:
     """Cancel the work's queued and running jobs."""
-    with engine.db.connect() as conn:
-        visible_work(conn, principal, work_id)
-    engine.cancel_work(work_id)
-    return work_public(engine.work_row(work_id))
+    return _act(work_id, engine, principal, engine.cancel_work)
 
 
 @router.post("/{work_id}/retry")
 def retry_work(work_id: IdPath, engine: EngineDep, principal: PrincipalDep) -> WorkPublic:
     """Run the work's failed jobs again (finished jobs are left alone)."""
-    with engine.db.connect() as conn:
-        visible_work(conn, principal, work_id)
-    engine.retry_failed(work_id)
-    return work_public(engine.work_row(work_id))
+    return _act(work_id, engine, principal, engine.retry_failed)
 
 
 @router.get("/{work_id}/jobs")
@@ -339,7 +329,7 @@ def list_jobs(
             .all()
         )
         count = conn.execute(select(func.count()).select_from(j).where(*conditions)).scalar()
-    serializer = json.loads(work["options"]).get("serializer", "json")
+    serializer = WorkOptions.from_json(work["options"]).serializer
     return JobsPublic(data=[job_public(dict(r), serializer) for r in rows], count=int(count or 0))
 
 

@@ -102,9 +102,9 @@ def _loads(blob: bytes) -> Any:
 def _eligible(work: dict[str, Any]) -> str | None:
     """Why a work cannot be plotted, or ``None`` when it can."""
     options = options_of(work)
-    if options["kind"] == "workflow":
+    if options.kind == "workflow":
         return "runs the workflow function itself"
-    if options["serializer"] != "json":
+    if options.serializer != "json":
         return "results are not JSON"
     if not work["n_finished"]:
         return "no finished jobs yet"

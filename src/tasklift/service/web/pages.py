@@ -103,7 +103,7 @@ def workflow_page(
     for w in works:
         w["n_running"] = running.get(w["id"], 0)
         w["bar"] = progress_svg(w["n_finished"], w["n_failed"], w["n_cancelled"], w["n_jobs"])
-        w["backend"] = options_of(w).get("backend") or workflow["backend"]
+        w["backend"] = options_of(w).backend or workflow["backend"]
     now = time.time()
     end = workflow["finished_at"] or now
     result = decode_json(workflow["result"])

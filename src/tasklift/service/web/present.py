@@ -6,9 +6,12 @@ Pickled values are never unpickled here: a page shows their size only.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import orjson
+
+from tasklift.records import WorkOptions
 
 __all__ = [
     "MAX_SHOWN",
@@ -21,27 +24,21 @@ __all__ = [
     "tail",
 ]
 
+logger = logging.getLogger(__name__)
+
 MAX_SHOWN = 20_000
 """Characters of a value, traceback or log shown on a page (the rest is cut, and said so)."""
 
 _NOTHING = object()
 
 
-OPTION_KEYS = ("serializer", "backend", "init_env", "retries", "timeout", "min_success", "kind")
-"""Work options the pages show; each is present (``None`` when the work did not store it)."""
-
-
-def options_of(work: dict[str, Any]) -> dict[str, Any]:
-    """A work's options (``serializer``, ``retries``, ...) as a dict with every shown key."""
+def options_of(work: dict[str, Any]) -> WorkOptions:
+    """A work's options, read once from its row (unreadable ones show the defaults)."""
     try:
-        options = json.loads(work.get("options") or "{}")
-    except ValueError:
-        options = {}
-    if not isinstance(options, dict):
-        options = {}
-    options = {**dict.fromkeys(OPTION_KEYS), **options}
-    options["serializer"] = options["serializer"] or "json"
-    return options
+        return WorkOptions.from_json(work.get("options"))
+    except (ValueError, TypeError, AttributeError):
+        logger.warning("work %s: unreadable options %r", work.get("id"), work.get("options"))
+        return WorkOptions()
 
 
 def decode_json(blob: bytes | None, serializer: str = "json") -> Any:

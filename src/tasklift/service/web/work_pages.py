@@ -113,7 +113,7 @@ def work_page(
                 next_url = base + urlencode({"state": state, "after": found.next_after})
         durations, sampled = queries.duration_sample(conn, work_id, work["n_jobs"])
     options = options_of(work)
-    serializer = options.get("serializer", "json")
+    serializer = options.serializer
     n_done = work["n_finished"] + work["n_failed"] + work["n_cancelled"]
     counts = {
         "all": work["n_jobs"],
@@ -172,7 +172,7 @@ def job_page(request: Request, job_id: IdPath, engine: EngineDep, user: UserDep)
         )
         workflow = _workflow_head(conn, work["workflow_id"])
         history = queries.attempts_of(conn, job_id)
-    serializer = options_of(work).get("serializer", "json")
+    serializer = options_of(work).serializer
     final = {
         "attempt": job["attempts"],
         "state": job["state"],
