@@ -10,6 +10,10 @@ leased to that user alone (:mod:`tasklift.backends.identities`), with a private 
 environment of their own and the archive handed over the pipe: a job cannot read the server's
 files, another user's archives, or share a process with another user's jobs. Whatever a worker
 sends back is checked: only outcomes of jobs that worker was given, unpickled without code.
+
+Each worker is a :class:`~tasklift.backends.local_workers.WorkerProcess`; they speak the
+messages of :mod:`tasklift.runner.protocol`. A worker says when a job that lasts has started
+(at once for a work with a timeout): the backend passes it on with ``sink.jobs_started``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ from typing import ClassVar
 from tasklift.backends.base import Backend, OutcomeSink
 from tasklift.backends.identities import Lease
 from tasklift.backends.local_workers import (
-    IDLE_RELEASE_SECONDS,
     PoolKey,
     RunnerIsolation,
     WorkerProcess,
@@ -53,12 +56,7 @@ from tasklift.runner.protocol import (
 )
 from tasklift.states import JobState
 
-__all__ = [
-    "IDLE_RELEASE_SECONDS",
-    "LocalBackend",
-    "RunnerIsolation",
-    "worker_command",
-]
+__all__ = ["LocalBackend", "RunnerIsolation", "worker_command"]
 
 logger = logging.getLogger(__name__)
 
