@@ -45,15 +45,7 @@ from tasklift.backends.local_workers import (
 )
 from tasklift.errors import BackendError
 from tasklift.records import JobSpec, Outcome, WorkSpec
-from tasklift.runner.protocol import (
-    Cancel,
-    Done,
-    Jobs,
-    ProtocolError,
-    Ready,
-    Started,
-    Work,
-)
+from tasklift.runner.protocol import Cancel, Done, Jobs, ProtocolError, Ready, Started, Work
 from tasklift.states import JobState
 
 __all__ = ["LocalBackend", "RunnerIsolation", "worker_command"]
