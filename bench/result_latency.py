@@ -257,9 +257,9 @@ def measure_kills(kills: int) -> dict[str, Any]:
 
 
 def blind_backend(home: Path) -> Any:
-    """A remote backend whose runners' deaths it cannot see (built here: needs jobrunner)."""
+    """A remote backend whose runners' deaths it cannot see (built here: needs the remote runner)."""
     from tasklift.backends.base import Backend
-    from tasklift.jobrunner import write_batch
+    from tasklift.runner.batch import write_batch
     from tasklift.records import JobSpec, WorkSpec
     from tasklift.states import JobState
 
@@ -337,7 +337,7 @@ def measure_heartbeat(heartbeat_timeout: float, samples: int) -> dict[str, Any]:
     """
     try:
         import tasklift.engine.monitor
-        import tasklift.jobrunner  # noqa: F401
+        import tasklift.runner.remote  # noqa: F401
     except ImportError as exc:
         return {"heartbeat_timeout_s": heartbeat_timeout, "skipped": f"not available: {exc}"}
     workdir = Path(tempfile.mkdtemp(prefix="tasklift-heartbeat-"))

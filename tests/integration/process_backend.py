@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from tasklift.backends.base import Backend, OutcomeSink
-from tasklift.jobrunner import write_batch
 from tasklift.records import JobSpec, WorkSpec
+from tasklift.runner.batch import write_batch
 from tasklift.states import JobState
 
 

@@ -129,7 +129,7 @@ def test_monitor_enforces_the_timeout_of_a_remote_job(fast, tmp_path):
 
 def test_spooled_outcome_is_delivered_by_the_next_runner(tmp_path):
     """A runner that cannot reach the service leaves its outcome on disk; flush_spool sends it."""
-    from tasklift.jobrunner import _spool, flush_spool
+    from tasklift.runner.remote import _spool, flush_spool
 
     spool = tmp_path / "spool"
     path = _spool(spool, "http://127.0.0.1:9", "token-not-used", 5, {"attempt": 1, "ok": True})

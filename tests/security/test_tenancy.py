@@ -135,20 +135,21 @@ BOB = """
     @work
     def hijack(marker):
         # row 4: replace the worker's own functions (it serves bob alone: only bob is hit)
-        import tasklift.runner as runner
-        runner.run_job = lambda *a, **k: None
-        sys.modules["__main__"].__dict__["run_job"] = runner.run_job
+        import tasklift.runner.execute as execute
+        import tasklift.runner.worker as worker
+        execute.run_job = lambda *a, **k: None
+        worker.execute = execute.run_job
         # row 5: forge frames on the worker's pipe to the server: another job's outcomes
         # (ids 1..300), then a pickle that would run a command in the server's process
         from tasklift.records import Outcome
-        from tasklift.framing import encode_frame
+        from tasklift.runner.protocol import Done, encode
 
         class Evil:
             def __reduce__(self):
                 return (os.system, (f"touch {marker}",))
 
         forged = [Outcome(i, a, ok=True, result=b"666") for i in range(1, 300) for a in (1, 2)]
-        frames = [encode_frame(("done", forged)), encode_frame(("done", [Evil()]))]
+        frames = [encode(Done(forged)), encode(Done([Evil()]))]
         written = 0
         for fd in map(int, os.listdir("/proc/self/fd")):
             try:

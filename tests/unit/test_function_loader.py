@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tasklift.archive import pack_source, store_archive
 from tasklift.records import WorkSpec
-from tasklift.runner import FunctionLoader
+from tasklift.runner.loader import FunctionLoader
 
 
 def _archive(tmp_path: Path, name: str, value: int) -> WorkSpec:

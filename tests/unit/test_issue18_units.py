@@ -13,7 +13,7 @@ import pytest
 from tasklift.errors import JobFailure, SerializationError, WorkFailed
 from tasklift.keys import canonical_json, get_unique_id_for_dict, job_key, memo_key
 from tasklift.records import JobSpec, WorkSpec
-from tasklift.runner import run_job
+from tasklift.runner.execute import run_job
 from tasklift.serializers import get_serializer
 
 json_ser = get_serializer("json")

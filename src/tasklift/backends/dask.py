@@ -8,16 +8,17 @@ task itself; a task whose workers keep dying ends ``KilledWorker`` -> ``LOST``),
 ``container=`` (the runner then starts as a child process of the worker through the prefix),
 opt-in Dask worker resources.
 
-The task runs :func:`tasklift.jobrunner.run_remote_job` (or, isolated, ``python -m
-tasklift.runner job`` in a child process): it fetches its spec and the archive from the job API
-(or the shared archive cache), heartbeats, runs the function and POSTs the outcome. Nothing of
-the user's module is pickled, and no result travels back through Dask: the backend only
-submits, polls and cancels.
+The task runs the remote job runner, :func:`tasklift.runner.remote.run_remote_job` (or,
+isolated, ``python -m tasklift.runner job`` in a child process): it fetches its spec and the
+archive from the job API (or the shared archive cache), heartbeats, runs the function and POSTs
+the outcome. Nothing of the user's module is pickled, and no result travels back through Dask:
+the backend only submits, polls and cancels.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import secrets
@@ -33,8 +34,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from tasklift.backends.base import Backend, OutcomeSink
 from tasklift.errors import BackendError, ConfigError
-from tasklift.jobrunner import inline_spec, run_remote_job
 from tasklift.records import JobSpec, WorkSpec
+from tasklift.runner.batch import RemoteAttempt, inline_spec, write_batch
 from tasklift.states import JobState
 
 if TYPE_CHECKING:
@@ -59,6 +60,10 @@ CALL_TIMEOUT = 10.0
 
 RUNNER_POLL = 0.2
 """Seconds between an isolated task's checks of its child runner and of its own cancellation."""
+
+REMOTE_RUNNER = "tasklift.runner.remote"
+"""The remote job runner a task calls in its worker's thread: an entry point, so it is named
+here and imported on the worker (as ``python -m tasklift.runner`` is started), not imported."""
 
 
 class DaskBackend(Backend):
@@ -223,19 +228,15 @@ class DaskBackend(Backend):
         if resources:
             options["resources"] = resources
         init_env = work.init_env if work.init_env and work.init_env.strip() else None
-        func: Any = run_remote_job
         timed = work.timeout is not None and self.isolate is None
+        columns: list[list[Any]] = [
+            [RemoteAttempt(api_url, job.job_id, job.attempt, job.token or "") for _, job in fresh]
+        ]
+        func: Any = _run_in_thread
         if init_env or self.isolate or timed:
             func = run_isolated_job
             options.update(python=self.python, init_env=init_env)
-        columns: list[list[Any]] = [
-            [api_url] * len(fresh),
-            [job.token for _, job in fresh],
-            [job.job_id for _, job in fresh],
-            [job.attempt for _, job in fresh],
-        ]
-        if func is run_remote_job:  # in the worker's thread: the spec travels with the task
-            func = _run_with_spec
+        else:  # in the worker's thread: the spec travels with the task
             columns.append([inline_spec(work, job) for _, job in fresh])
         n = len(fresh)
         try:
@@ -388,19 +389,15 @@ def _resource_names(choice: bool | Mapping[str, str]) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------- on the workers
-def _run_with_spec(api_url: str, token: str, job_id: int, attempt: int, spec: Any) -> str:
+def _run_in_thread(job: RemoteAttempt, spec: dict[str, Any]) -> str:
     """Run one attempt in this Dask worker's thread with the spec that came with the task."""
-    return run_remote_job(api_url, token, job_id, attempt, spec=spec)
+    run_remote_job = importlib.import_module(REMOTE_RUNNER).run_remote_job
+    status: str = run_remote_job(job, spec=spec)
+    return status
 
 
 def run_isolated_job(
-    api_url: str,
-    token: str,
-    job_id: int,
-    attempt: int,
-    *,
-    python: str | None = None,
-    init_env: str | None = None,
+    job: RemoteAttempt, *, python: str | None = None, init_env: str | None = None
 ) -> str:
     """Run one attempt in a child process of this Dask worker (through ``init_env``).
 
@@ -414,11 +411,11 @@ def run_isolated_job(
         BackendError: the runner could not start or ended with an error (its output's tail).
     """
     from tasklift.backends.command import runner_command
-    from tasklift.jobrunner import write_batch
 
     is_cancelled = _cancel_check()
-    with tempfile.TemporaryDirectory(prefix=f"tasklift-{job_id}-{attempt}-") as tmp:
-        batch = write_batch(Path(tmp) / "batch", api_url, [JobSpec(job_id, attempt, b"", token)])
+    with tempfile.TemporaryDirectory(prefix=f"tasklift-{job.job_id}-{job.attempt}-") as tmp:
+        attempt = JobSpec(job.job_id, job.attempt, b"", job.token)
+        batch = write_batch(Path(tmp) / "batch", job.api_url, [attempt])
         log = Path(tmp) / "runner.log"
         argv = runner_command(
             python or sys.executable, init_env, ["job", "--batch-dir", str(batch), "--index", "0"]

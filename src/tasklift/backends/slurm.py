@@ -42,6 +42,7 @@ from tasklift.backends.slurm_script import (
 )
 from tasklift.errors import BackendError, ConfigError
 from tasklift.records import JobSpec, WorkSpec
+from tasklift.runner.batch import TOKENS_FILE, write_batch
 from tasklift.states import JobState
 
 _ENDED = frozenset({JobState.FINISHED, JobState.FAILED, JobState.LOST})
@@ -233,7 +234,6 @@ class SlurmBackend(Backend):
             BackendError: the spool directory is not writable.
         """
         from tasklift.backends.command import runner_command
-        from tasklift.jobrunner import write_batch
 
         assert self.spool_dir is not None and work.service_url
         stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
@@ -405,8 +405,6 @@ class SlurmBackend(Backend):
     def _forget_tokens(self, elements: Sequence[Element]) -> None:
         """Delete the tokens file of every batch all of whose elements have now ended: no
         runner of it can start any more (outputs and exit records stay for debugging)."""
-        from tasklift.jobrunner import TOKENS_FILE
-
         finished: list[int] = []
         with self._lock:
             for array_id, index in elements:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from tasklift.errors import BackendError
@@ -167,14 +167,7 @@ def _element_keys(job: str) -> list[Element]:
 
 def parse_squeue(text: str) -> dict[Element, tuple[str, str, str]]:
     """``{element: (state, time limit, reason)}`` from ``squeue --format=SQUEUE_FORMAT``."""
-    found: dict[Element, tuple[str, str, str]] = {}
-    for line in text.splitlines():
-        fields = line.strip().split("|")
-        if len(fields) == 4:
-            state = fields[1].split()[0] if fields[1].strip() else ""
-            for key in _element_keys(fields[0]):
-                found[key] = (state, fields[2], fields[3])
-    return found
+    return {key: (state, row[2], row[3]) for key, state, row in _table_rows(text, 4)}
 
 
 def parse_sacct(text: str) -> dict[Element, tuple[str, str, str]]:
@@ -182,14 +175,18 @@ def parse_sacct(text: str) -> dict[Element, tuple[str, str, str]]:
 
     ``State`` may carry a suffix (``CANCELLED by 0``): only the code is kept.
     """
-    found: dict[Element, tuple[str, str, str]] = {}
+    return {key: (state, "", row[2]) for key, state, row in _table_rows(text, 3)}
+
+
+def _table_rows(text: str, width: int) -> Iterator[tuple[Element, str, list[str]]]:
+    """``(element, state code, fields)`` for each element of each ``|``-separated line of
+    ``width`` fields (job id first, state second); other lines are skipped."""
     for line in text.splitlines():
         fields = line.strip().split("|")
-        if len(fields) == 3:
+        if len(fields) == width:
             state = fields[1].split()[0] if fields[1].strip() else ""
             for key in _element_keys(fields[0]):
-                found[key] = (state, "", fields[2])
-    return found
+                yield key, state, fields
 
 
 def array_ranges(indices: Sequence[int]) -> str:

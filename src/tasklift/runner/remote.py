@@ -12,8 +12,10 @@ scoped to that one job:
    ``python -m tasklift.runner flush-spool``) delivers it.
 
 A Slurm array element runs ``python -m tasklift.runner job --batch-dir DIR``: the batch
-directory (written by :func:`write_batch`, mode 0600) maps the array index to its job, attempt
-and token. Neither inputs nor tokens ever appear on a command line.
+directory (:mod:`tasklift.runner.batch`, mode 0600) maps the array index to its job, attempt
+and token. Neither inputs nor tokens ever appear on a command line. A Dask task calls
+:func:`run_remote_job` in the worker's process (the backend names this module, it does not
+import it: an entry point).
 """
 
 from __future__ import annotations
@@ -24,31 +26,23 @@ import json
 import logging
 import os
 import socket
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
+from tasklift import _context
 from tasklift.errors import ConfigError
 from tasklift.records import JobSpec, Outcome, WorkSpec
+from tasklift.runner.batch import RemoteAttempt, private_file, read_batch, work_from_spec
+from tasklift.runner.execute import execute, failure_outcome
+from tasklift.runner.loader import FunctionLoader
+from tasklift.settings import Settings
 
-if TYPE_CHECKING:
-    from tasklift.runner import FunctionLoader
-    from tasklift.settings import Settings
-
-__all__ = [
-    "BatchEntry",
-    "flush_spool",
-    "inline_spec",
-    "read_batch",
-    "run_remote_job",
-    "write_batch",
-]
+__all__ = ["batch_main", "flush_spool", "outcome_body", "run_remote_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,75 +52,6 @@ CONNECT_DEADLINE = 300.0
 REPORT_DEADLINE = 24 * 3600.0
 """Seconds a runner keeps trying to deliver its outcome (it is spooled on disk meanwhile)."""
 BACKOFF_MAX = 10.0
-BATCH_FILE = "batch.json"
-TOKENS_FILE = "tokens.json"
-
-
-# --------------------------------------------------------------------------- batch directory
-@dataclass(frozen=True)
-class BatchEntry:
-    """What one array element of a batch needs: where the job API is, which job, its token."""
-
-    api_url: str
-    job_id: int
-    attempt: int
-    token: str
-
-
-def write_batch(directory: Path, api_url: str, jobs: Sequence[JobSpec], offset: int = 0) -> Path:
-    """Write the batch files a set of array elements read their jobs from (mode 0600).
-
-    Element ``i`` runs ``jobs[i - offset]``. Every job must carry its token.
-
-    Raises:
-        ConfigError: a job has no token.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tokens = []
-    for job in jobs:
-        if not job.token:
-            raise ConfigError(f"job {job.job_id} has no job token: the engine fills them in")
-        tokens.append(job.token)
-    batch = {"api_url": api_url, "offset": offset, "jobs": [[j.job_id, j.attempt] for j in jobs]}
-    _write_private(directory / BATCH_FILE, json.dumps(batch).encode())
-    _write_private(directory / TOKENS_FILE, json.dumps(tokens).encode())
-    return directory
-
-
-def read_batch(directory: Path, index: int) -> BatchEntry:
-    """The job of array element ``index`` of a batch directory.
-
-    Raises:
-        ConfigError: the files are missing or the index is outside the batch.
-    """
-    directory = Path(directory)
-    try:
-        batch = json.loads((directory / BATCH_FILE).read_text())
-        tokens = json.loads((directory / TOKENS_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the batch in {directory}: {exc}") from exc
-    position = index - int(batch.get("offset", 0))
-    if not 0 <= position < len(batch["jobs"]):
-        raise ConfigError(
-            f"array index {index} is outside the batch in {directory} "
-            f"({len(batch['jobs'])} jobs from index {batch.get('offset', 0)})"
-        )
-    job_id, attempt = batch["jobs"][position]
-    return BatchEntry(batch["api_url"], int(job_id), int(attempt), tokens[position])
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -206,16 +131,9 @@ class _JobAPI:
                         response.read()
                         raise _Gone(response.status_code, _detail(response))
                     if response.status_code < 400:
-                        fd, tmp = tempfile.mkstemp(prefix=".download.", dir=target.parent)
-                        try:
-                            with os.fdopen(fd, "wb") as fh:
-                                for chunk in response.iter_bytes(1 << 20):
-                                    fh.write(chunk)
-                            os.replace(tmp, target)
-                        except BaseException:
-                            with contextlib.suppress(OSError):
-                                os.unlink(tmp)
-                            raise
+                        with private_file(target) as fh:
+                            for chunk in response.iter_bytes(1 << 20):
+                                fh.write(chunk)
                         return
                     problem = f"HTTP {response.status_code}"
             except httpx.TransportError as exc:
@@ -236,8 +154,6 @@ def _detail(response: httpx.Response) -> str:
 
 # --------------------------------------------------------------------------- spool
 def _spool_dir() -> Path:
-    from tasklift.settings import Settings
-
     return Settings().home / "spool"
 
 
@@ -245,7 +161,8 @@ def _spool(spool_dir: Path, api_url: str, token: str, job_id: int, body: dict[st
     spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = spool_dir / f"{job_id}-{body['attempt']}.json"
     record = {"api_url": api_url, "token": token, "job_id": job_id, "body": body}
-    _write_private(path, json.dumps(record).encode())
+    with private_file(path) as fh:
+        fh.write(json.dumps(record).encode())
     return path
 
 
@@ -325,45 +242,6 @@ class _Heartbeat:
             self._thread.join(timeout=self._interval + 35)
 
 
-def inline_spec(work: WorkSpec, job: JobSpec) -> dict[str, Any]:
-    """What ``GET /jobs/{id}/spec`` would answer, built by a backend that hands it over with the
-    job (Dask): the runner then skips that request. Inputs from upstream jobs are filled in
-    already (the engine resolves them at dispatch)."""
-    return {
-        "job_id": job.job_id,
-        "work_id": work.work_id,
-        "workflow_id": work.workflow_id,
-        "name": work.name,
-        "function": work.function,
-        "script": work.script,
-        "archive_sha": work.archive_sha,
-        "serializer": work.serializer,
-        "timeout": work.timeout,
-        "payload": base64.b64encode(job.payload).decode(),
-        "when": base64.b64encode(work.when).decode() if work.when else None,
-        "when_arg": work.when_arg,
-    }
-
-
-def _work_spec(spec: dict[str, Any], cache_dir: Path, api_url: str) -> WorkSpec:
-    sha = spec.get("archive_sha")
-    return WorkSpec(
-        work_id=int(spec["work_id"]),
-        name=spec["name"],
-        function=spec["function"],
-        script=spec.get("script"),
-        archive_sha=sha,
-        archive_file=str(cache_dir / "archives" / f"{sha}.tar.gz") if sha else None,
-        cache_dir=str(cache_dir / "cache"),
-        serializer=spec.get("serializer", "json"),
-        timeout=spec.get("timeout"),
-        workflow_id=int(spec.get("workflow_id") or 0),
-        service_url=api_url,
-        when=base64.b64decode(spec["when"]) if spec.get("when") else None,
-        when_arg=spec.get("when_arg"),
-    )
-
-
 def _fetch_archive(api: _JobAPI, work: WorkSpec, deadline: float) -> None:
     if work.archive_sha is None or work.archive_file is None:
         return
@@ -394,36 +272,32 @@ def outcome_body(outcome: Outcome) -> dict[str, Any]:
 
 
 _cached: dict[str, Any] = {}
-_loader_lock = threading.Lock()
+_cached_lock = threading.Lock()
 
 
 def _settings() -> Settings:
     """This process's settings, read once (a Dask worker runs many jobs)."""
-    if "settings" not in _cached:
-        from tasklift.settings import Settings
-
-        _cached["settings"] = Settings()
-    settings: Settings = _cached["settings"]
+    with _cached_lock:
+        if "settings" not in _cached:
+            _cached["settings"] = Settings()
+        settings: Settings = _cached["settings"]
     return settings
 
 
 def _loader() -> FunctionLoader:
     """This process's function loader: imports and archive activations are reused."""
-    if "loader" not in _cached:
-        from tasklift.runner import FunctionLoader
-
-        settings = _settings()
-        _cached["loader"] = FunctionLoader(
-            max_bytes=settings.archive_max_bytes, max_files=settings.archive_max_files
-        )
-    loader: FunctionLoader = _cached["loader"]
+    settings = _settings()
+    with _cached_lock:
+        if "loader" not in _cached:
+            _cached["loader"] = FunctionLoader(
+                max_bytes=settings.archive_max_bytes, max_files=settings.archive_max_files
+            )
+        loader: FunctionLoader = _cached["loader"]
     return loader
 
 
 @contextlib.contextmanager
 def _in_job() -> Iterator[None]:
-    from tasklift import _context
-
     token = _context.in_job_runner.set(True)
     try:
         yield
@@ -432,10 +306,7 @@ def _in_job() -> Iterator[None]:
 
 
 def run_remote_job(
-    api_url: str,
-    token: str,
-    job_id: int,
-    attempt: int,
+    job: RemoteAttempt,
     *,
     cache_dir: Path | None = None,
     spool_dir: Path | None = None,
@@ -445,63 +316,60 @@ def run_remote_job(
     """Run one attempt of one job here and report its outcome to the job API.
 
     Args:
-        api_url: base URL of the job API (``http://host:port``).
-        token: the job's own token (secret: never log it).
-        job_id: the job.
-        attempt: the attempt number the engine handed out.
+        job: the attempt: job API URL (``http://host:port``), job, attempt number, and the
+            job's own token (secret: never log it).
         cache_dir: where archives are kept and extracted (default: ``<TASKLIFT_HOME>``).
         spool_dir: where undelivered outcomes wait (default: ``<TASKLIFT_HOME>/spool``).
         exit_when_unwanted: end the process when the service says the attempt is no longer
             wanted (cancelled, timed out): for a runner that owns its process (Slurm).
-        spec: the job's spec handed over with the job (:func:`inline_spec`); ``None``: fetch
-            it from the job API (which also tells the engine the job started).
+        spec: the job's spec handed over with the job (``tasklift.runner.batch.inline_spec``);
+            ``None``: fetch it from the job API (which also tells the engine the job started).
 
     Returns:
         ``"reported"``, ``"stale"`` (the service no longer wanted it) or ``"spooled"`` (not
         delivered before the deadline; the outcome waits on disk).
     """
-    from tasklift.runner import failure_outcome, run_job
-
     settings = _settings()
     cache_dir = cache_dir or settings.home
     spool_dir = spool_dir or settings.home / "spool"
     flush_spool(spool_dir, deadline_seconds=2.0)
-    api = _JobAPI(api_url, token)
-    job = JobSpec(job_id, attempt, b"")
-    inline = spec is not None
+    api = _JobAPI(job.api_url, job.token)
     try:
+        inline = spec is not None
         if spec is None:
             try:
                 spec = api.call(
-                    "GET", f"/jobs/{job_id}/spec", deadline=time.monotonic() + CONNECT_DEADLINE
+                    "GET", f"/jobs/{job.job_id}/spec", deadline=time.monotonic() + CONNECT_DEADLINE
                 ).json()
             except _Gone as exc:
-                logger.warning("job %d: the service refused its spec: %s", job_id, exc)
+                logger.warning("job %d: the service refused its spec: %s", job.job_id, exc)
                 return "stale"
         interval = float(spec.get("heartbeat_interval") or settings.heartbeat_interval)
         heartbeat = _Heartbeat(
-            api, job_id, attempt, interval, _exit_process if exit_when_unwanted else None
+            api, job.job_id, job.attempt, interval, _exit_process if exit_when_unwanted else None
         )
         if inline and spec.get("timeout") is not None:
             heartbeat.beat()  # the monitor times the job from its start: say it started
         heartbeat.start()
         try:
-            work = _work_spec(spec, Path(cache_dir), api_url)
-            job = JobSpec(job_id, attempt, base64.b64decode(spec["payload"]))
-            try:
-                _fetch_archive(api, work, time.monotonic() + CONNECT_DEADLINE)
-                with _in_job(), _loader_lock:
-                    fn = _loader().load(work)
-            except Exception as exc:  # noqa: BLE001 - reported as the job's outcome
-                outcome = failure_outcome(job, exc)
-            else:
-                with _in_job():
-                    outcome = run_job(fn, work, job)
+            outcome = _run(api, job, spec, Path(cache_dir))
         finally:
             heartbeat.stop()
-        return _report(api, spool_dir, api_url, token, outcome)
+        return _report(api, spool_dir, job.api_url, job.token, outcome)
     finally:
         api.close()
+
+
+def _run(api: _JobAPI, job: RemoteAttempt, spec: dict[str, Any], cache_dir: Path) -> Outcome:
+    """Fetch the archive and run the job (never raises for the job's own errors)."""
+    work = work_from_spec(spec, cache_dir, job.api_url)
+    attempt = JobSpec(job.job_id, job.attempt, base64.b64decode(spec["payload"]))
+    try:
+        _fetch_archive(api, work, time.monotonic() + CONNECT_DEADLINE)
+    except Exception as exc:  # noqa: BLE001 - reported as the job's outcome
+        return failure_outcome(attempt, exc)
+    with _in_job():
+        return execute(_loader(), work, attempt)
 
 
 def _exit_process(why: str) -> None:
@@ -542,9 +410,7 @@ def batch_main(batch_dir: str, index: int | None) -> int:
         if raw is None:
             raise ConfigError("no --index and no SLURM_ARRAY_TASK_ID: which job of the batch?")
         index = int(raw)
-    entry = read_batch(Path(batch_dir), index)
+    job = read_batch(Path(batch_dir), index)
     os.environ["TASKLIFT_IN_JOB"] = "1"
-    status = run_remote_job(
-        entry.api_url, entry.token, entry.job_id, entry.attempt, exit_when_unwanted=True
-    )
+    status = run_remote_job(job, exit_when_unwanted=True)
     return 0 if status in ("reported", "stale") else 4
