@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tasklift.runner.protocol",
             "tasklift.runner.batch",
             "tasklift.runner.capture",
+            "tasklift.runner.remote",  # the HTTP-reporting runner (Dask runs it in a task)
             "tasklift.runner",  # the package itself (its __init__)
         ),
     ),
@@ -53,7 +54,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "tasklift.cli",
             "tasklift.runner.worker",
-            "tasklift.runner.remote",
             "tasklift.runner.__main__",
         ),
     ),

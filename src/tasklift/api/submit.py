@@ -17,7 +17,6 @@ from tasklift.api.functions import UNSET, defining_file
 from tasklift.api.functions import WorkDefinition as WorkFunction
 from tasklift.api.joblist import EAGER_UP_TO, JobList, LazyCalls
 from tasklift.api.results import Work, WorkRef
-from tasklift.backends.registry import register_backend
 from tasklift.errors import SerializationError, SubmissionError, short_repr
 from tasklift.keys import canonical_json
 from tasklift.records import WorkOptions
@@ -385,7 +384,7 @@ def submit_work(
     function, script = function_location(fn, run.source_dir)
     options = _options(fn, run, when_arg)
     if fn.backend_object is not None:
-        register_backend(run.engine, options.backend, fn.backend_object)
+        run.engine.add_backend(options.backend, fn.backend_object)
     cache_dir = str(run.engine.settings.cache_dir)
     code = WorkCode(fn.name, function, script, run.archive_sha, run.archive_file, cache_dir)
     submission = build_submission(

@@ -18,7 +18,6 @@ the backend only submits, polls and cancels.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import os
 import secrets
@@ -35,8 +34,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from tasklift.backends.base import Backend, OutcomeSink
 from tasklift.errors import BackendError, ConfigError
 from tasklift.records import JobSpec, WorkSpec
-from tasklift.runner.batch import RemoteAttempt, inline_spec, write_batch
+from tasklift.runner.batch import RemoteAttempt, write_batch
+from tasklift.runner.remote import run_remote_job
 from tasklift.states import JobState
+from tasklift.submission import runner_spec
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -60,10 +61,6 @@ CALL_TIMEOUT = 10.0
 
 RUNNER_POLL = 0.2
 """Seconds between an isolated task's checks of its child runner and of its own cancellation."""
-
-REMOTE_RUNNER = "tasklift.runner.remote"
-"""The remote job runner a task calls in its worker's thread: an entry point, so it is named
-here and imported on the worker (as ``python -m tasklift.runner`` is started), not imported."""
 
 
 class DaskBackend(Backend):
@@ -237,7 +234,7 @@ class DaskBackend(Backend):
             func = run_isolated_job
             options.update(python=self.python, init_env=init_env)
         else:  # in the worker's thread: the spec travels with the task
-            columns.append([inline_spec(work, job) for _, job in fresh])
+            columns.append([runner_spec(work, job) for _, job in fresh])
         n = len(fresh)
         try:
             futures = client.map(func, *columns, key=[k for k, _ in fresh], **options)
@@ -391,7 +388,6 @@ def _resource_names(choice: bool | Mapping[str, str]) -> dict[str, str]:
 # ---------------------------------------------------------------------- on the workers
 def _run_in_thread(job: RemoteAttempt, spec: dict[str, Any]) -> str:
     """Run one attempt in this Dask worker's thread with the spec that came with the task."""
-    run_remote_job = importlib.import_module(REMOTE_RUNNER).run_remote_job
     status: str = run_remote_job(job, spec=spec)
     return status
 

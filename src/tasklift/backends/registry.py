@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from tasklift.backends.local import RunnerIsolation
     from tasklift.settings import Settings
 
-__all__ = ["KINDS", "backend_choice", "backend_from_settings", "object_name", "register_backend"]
+__all__ = ["KINDS", "backend_choice", "backend_from_settings", "object_name"]
 
 KINDS = ("local", "dask", "slurm")
 
@@ -152,18 +152,3 @@ def backend_choice(
     if not isinstance(backend, str) or not backend.strip():
         raise ConfigError(f"backend must be a name or a Backend object, got {backend!r}")
     return backend.strip(), None
-
-
-def register_backend(engine: Any, name: str, backend: Backend) -> None:
-    """Make a backend object known to the engine that runs the jobs (embedded only).
-
-    Raises:
-        ConfigError: the engine is a remote service (objects cannot travel there).
-    """
-    add = getattr(engine, "add_backend", None)
-    if add is None:
-        raise ConfigError(
-            "a backend object runs only with the embedded engine (service='local'); on a "
-            "server, configure it under a name ([backends.NAME] in tasklift.toml) and pass that"
-        )
-    add(name, backend)

@@ -4,8 +4,8 @@ task) and the inline spec a Dask task carries.
 A batch directory holds ``batch.json`` (job API URL, array offset, ``[job id, attempt]`` per
 element) and ``tokens.json`` (one job token per element), both mode 0600, so that neither
 inputs nor tokens ever appear on a command line. The spec is what ``GET /jobs/{id}/spec``
-answers; :func:`inline_spec` builds it on the engine's side, :func:`work_from_spec` reads it on
-the runner's.
+answers; ``tasklift.submission.runner_spec`` builds it on the engine's side and
+``work_spec_from_runner`` reads it on the runner's.
 """
 
 from __future__ import annotations
@@ -27,10 +27,8 @@ __all__ = [
     "BATCH_FILE",
     "TOKENS_FILE",
     "RemoteAttempt",
-    "inline_spec",
     "private_file",
     "read_batch",
-    "work_from_spec",
     "write_batch",
 ]
 
@@ -107,26 +105,6 @@ def private_file(path: Path) -> Iterator[BinaryIO]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-def inline_spec(work: WorkSpec, job: JobSpec) -> dict[str, Any]:
-    """What ``GET /jobs/{id}/spec`` would answer, built by a backend that hands it over with the
-    job (Dask): the runner then skips that request. Inputs from upstream jobs are filled in
-    already (the engine resolves them at dispatch)."""
-    return {
-        "job_id": job.job_id,
-        "work_id": work.work_id,
-        "workflow_id": work.workflow_id,
-        "name": work.name,
-        "function": work.function,
-        "script": work.script,
-        "archive_sha": work.archive_sha,
-        "serializer": work.serializer,
-        "timeout": work.timeout,
-        "payload": base64.b64encode(job.payload).decode(),
-        "when": base64.b64encode(work.when).decode() if work.when else None,
-        "when_arg": work.when_arg,
-    }
 
 
 def work_from_spec(spec: dict[str, Any], cache_dir: Path, api_url: str) -> WorkSpec:

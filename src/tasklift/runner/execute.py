@@ -24,7 +24,7 @@ __all__ = ["WorkflowCall", "execute", "failure_outcome", "run_job"]
 
 WorkflowCall = Callable[[Callable[..., Any], WorkSpec, str | None, str | None], Callable[..., Any]]
 """``(fn, work, job token, archive root) -> fn``: wraps a remote workflow's function so its
-``@work`` calls go to the service (``tasklift.api.run.remote_workflow_call``)."""
+``@work`` calls go to the service (``tasklift.api.workflow_run.remote_workflow_call``)."""
 
 
 def execute(

@@ -37,10 +37,11 @@ import httpx
 from tasklift import _context
 from tasklift.errors import ConfigError
 from tasklift.records import JobSpec, Outcome, WorkSpec
-from tasklift.runner.batch import RemoteAttempt, private_file, read_batch, work_from_spec
+from tasklift.runner.batch import RemoteAttempt, private_file, read_batch
 from tasklift.runner.execute import execute, failure_outcome
 from tasklift.runner.loader import FunctionLoader
 from tasklift.settings import Settings
+from tasklift.submission import work_spec_from_runner
 
 __all__ = ["batch_main", "flush_spool", "outcome_body", "run_remote_job"]
 
@@ -322,7 +323,7 @@ def run_remote_job(
         spool_dir: where undelivered outcomes wait (default: ``<TASKLIFT_HOME>/spool``).
         exit_when_unwanted: end the process when the service says the attempt is no longer
             wanted (cancelled, timed out): for a runner that owns its process (Slurm).
-        spec: the job's spec handed over with the job (``tasklift.runner.batch.inline_spec``);
+        spec: the job's spec handed over with the job (``tasklift.submission.runner_spec``);
             ``None``: fetch it from the job API (which also tells the engine the job started).
 
     Returns:
@@ -362,7 +363,7 @@ def run_remote_job(
 
 def _run(api: _JobAPI, job: RemoteAttempt, spec: dict[str, Any], cache_dir: Path) -> Outcome:
     """Fetch the archive and run the job (never raises for the job's own errors)."""
-    work = work_from_spec(spec, cache_dir, job.api_url)
+    work = work_spec_from_runner(spec, cache_dir=cache_dir, service_url=job.api_url)
     attempt = JobSpec(job.job_id, job.attempt, base64.b64decode(spec["payload"]))
     try:
         _fetch_archive(api, work, time.monotonic() + CONNECT_DEADLINE)

@@ -199,7 +199,7 @@ def _workflow_call(
     fn: Callable[..., Any], work: WorkSpec, token: str | None, root: str | None
 ) -> Callable[..., Any]:
     """Run a remote workflow's function with the client API (imported on first use only)."""
-    from tasklift.api.run import remote_workflow_call
+    from tasklift.api.workflow_run import remote_workflow_call
 
     return remote_workflow_call(fn, work, token, root)
 
