@@ -10,6 +10,7 @@ per-job paths run as driver SQL through :mod:`tasklift.db.hot`.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
@@ -22,6 +23,8 @@ from tasklift.db.tables import attempts, jobs
 from tasklift.db.works import bump_work_counters, reopen_work
 from tasklift.records import ResultRecord
 from tasklift.states import JOB_TERMINAL, SOURCES, IllegalTransition, JobState
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "cancel_open_jobs",
@@ -375,14 +378,22 @@ _TERMINAL_KEYS = (
 
 
 def store_terminal(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Write terminal job rows (keys: _id, _state, _result, _error_*, _attempts, times, logs)."""
-    transition(
-        conn,
-        [row["_id"] for row in rows],
-        [row["_state"] for row in rows],
-        columns=_TERMINAL_COLUMNS,
-        rows=[tuple(row[k] for k in _TERMINAL_KEYS) for row in rows],
-    )
+    """Write terminal job rows (keys: _id, _state, _result, _error_*, _attempts, times, logs).
+
+    A job another process ended meanwhile (``tasklift cancel`` on the same database while this
+    engine ran it) keeps the end it has: its late outcome is logged and dropped, and the rest
+    of the batch is stored (raising would lose the whole batch of outcomes).
+    """
+    try:
+        transition(
+            conn,
+            [row["_id"] for row in rows],
+            [row["_state"] for row in rows],
+            columns=_TERMINAL_COLUMNS,
+            rows=[tuple(row[k] for k in _TERMINAL_KEYS) for row in rows],
+        )
+    except IllegalTransition as exc:  # the allowed moves of the batch are made already
+        logger.warning("late outcomes of jobs that had ended already, dropped: %s", exc)
 
 
 def store_retries(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:

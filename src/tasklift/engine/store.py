@@ -32,6 +32,7 @@ from tasklift.db.works import (
 from tasklift.errors import NotFoundError, SubmissionError
 from tasklift.records import ResultRecord, WorkSpec
 from tasklift.states import WORK_TERMINAL, JobState, WorkflowState, WorkState, work_state
+from tasklift.submission import Submission
 
 __all__ = [
     "STORE_AHEAD",
@@ -279,6 +280,17 @@ def _end_blocked(
     return ended
 
 
+@dataclass(frozen=True)
+class StoreRest:
+    """What is left to store of a large work once its first chunk is stored."""
+
+    work_id: int
+    submission: Submission
+    jobs: Sequence[tuple[str, bytes]]
+    start: int
+    """Index of the first job not stored yet."""
+
+
 @dataclass
 class ChunkedStore:
     """Stores the rest of a large work from a thread of its own, while its first jobs run.
@@ -302,56 +314,28 @@ class ChunkedStore:
     """The store of a work failed (the engine cancels it with this reason)."""
     closing: Callable[[], bool]
 
-    def start(
-        self,
-        work_id: int,
-        jobs: Sequence[tuple[str, bytes]],
-        start: int,
-        memo_key: str,
-        reuse: bool,
-        min_success: float,
-        done: threading.Event,
-    ) -> None:
-        """Store ``jobs[start:]`` from a thread; ``done`` is set when it ends."""
+    def start(self, rest: StoreRest, done: threading.Event) -> None:
+        """Store ``rest.jobs[rest.start:]`` from a thread; ``done`` is set when it ends."""
         threading.Thread(
-            target=self._run,
-            args=(work_id, jobs, start, memo_key, reuse, min_success, done),
-            name=f"tasklift-store-{work_id}",
-            daemon=True,
+            target=self._run, args=(rest, done), name=f"tasklift-store-{rest.work_id}", daemon=True
         ).start()
 
-    def _run(
-        self,
-        work_id: int,
-        jobs: Sequence[tuple[str, bytes]],
-        start: int,
-        memo_key: str,
-        reuse: bool,
-        min_success: float,
-        done: threading.Event,
-    ) -> None:
+    def _run(self, rest: StoreRest, done: threading.Event) -> None:
         try:
-            self._chunks(work_id, jobs, start, memo_key, reuse, min_success)
+            self._chunks(rest)
         except Exception as exc:  # the waiting caller gets it from store_error()
-            logger.exception("work %d: storing its jobs failed", work_id)
-            self.failed(work_id, f"storing the work's jobs failed: {exc}")
+            logger.exception("work %d: storing its jobs failed", rest.work_id)
+            self.failed(rest.work_id, f"storing the work's jobs failed: {exc}")
         finally:
             if not self.closing():  # stored, failed or cancelled: nobody stores it any more
                 # (an engine that closed mid-store keeps its claim: restarted, it ends the work)
-                self.store.release(work_id)
+                self.store.release(rest.work_id)
             done.set()
 
-    def _chunks(
-        self,
-        work_id: int,
-        jobs: Sequence[tuple[str, bytes]],
-        start: int,
-        memo_key: str,
-        reuse: bool,
-        min_success: float,
-    ) -> None:
+    def _chunks(self, rest: StoreRest) -> None:
+        work_id, jobs, sub = rest.work_id, rest.jobs, rest.submission
         n_jobs = len(jobs)
-        begin, size = start, STORE_CHUNK
+        begin, size = rest.start, STORE_CHUNK
         while begin < n_jobs:
             size = max(1, STORE_CHUNK // 2) if self.paced else min(2 * size, STORE_CHUNK_MAX)
             end = min(n_jobs, begin + size)
@@ -364,7 +348,7 @@ class ChunkedStore:
                 return
             chunk = jobs[begin:end]  # a lazy sequence computes keys and payloads here
             records = self.store.store_chunk(
-                work_id, chunk, begin, memo_key, reuse, min_success, end == n_jobs
+                work_id, chunk, begin, sub.memo_key, sub.reuse, sub.min_success, end == n_jobs
             )
             self.chunk_stored(work_id, None if end == n_jobs else end, records)
             begin = end

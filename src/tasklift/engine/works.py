@@ -31,7 +31,14 @@ from tasklift.engine.live import LiveWork, Memory, WorkRecord
 from tasklift.engine.loop import EngineLoop
 from tasklift.engine.outcomes import HeldOutcomes, OutcomeRecorder, Publish
 from tasklift.engine.recovery import Recovery
-from tasklift.engine.store import STORE_CHUNK, ChunkedStore, StoredWork, WorkStore, WorkToStore
+from tasklift.engine.store import (
+    STORE_CHUNK,
+    ChunkedStore,
+    StoredWork,
+    StoreRest,
+    WorkStore,
+    WorkToStore,
+)
 from tasklift.errors import BackendError, NotFoundError
 from tasklift.records import JobSpec, Outcome, ResultRecord, WorkSpec
 from tasklift.states import WORK_TERMINAL, JobState, WorkState, work_state
@@ -118,9 +125,7 @@ class WorkControl:
         )  # fmt: skip
         spec, record, done = self._loop.call(self._store_and_queue, work, on_stored, streamed)
         if done is not None:  # the rest is stored by a thread of its own
-            self._chunks.start(
-                record.work_id, jobs, len(first), sub.memo_key, sub.reuse, sub.min_success, done
-            )
+            self._chunks.start(StoreRest(record.work_id, sub, jobs, len(first)), done)
         return spec, record
 
     def _room(self, spec: WorkSpec) -> int:

@@ -10,7 +10,6 @@ answers; ``tasklift.submission.runner_spec`` builds it on the engine's side and
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -18,10 +17,10 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from tasklift.errors import ConfigError
-from tasklift.records import JobSpec, WorkSpec
+from tasklift.records import JobSpec
 
 __all__ = [
     "BATCH_FILE",
@@ -105,23 +104,3 @@ def private_file(path: Path) -> Iterator[BinaryIO]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-def work_from_spec(spec: dict[str, Any], cache_dir: Path, api_url: str) -> WorkSpec:
-    """The work a spec describes, its archive kept under ``cache_dir`` on this host."""
-    sha = spec.get("archive_sha")
-    return WorkSpec(
-        work_id=int(spec["work_id"]),
-        name=spec["name"],
-        function=spec["function"],
-        script=spec.get("script"),
-        archive_sha=sha,
-        archive_file=str(cache_dir / "archives" / f"{sha}.tar.gz") if sha else None,
-        cache_dir=str(cache_dir / "cache"),
-        serializer=spec.get("serializer", "json"),
-        timeout=spec.get("timeout"),
-        workflow_id=int(spec.get("workflow_id") or 0),
-        service_url=api_url,
-        when=base64.b64decode(spec["when"]) if spec.get("when") else None,
-        when_arg=spec.get("when_arg"),
-    )

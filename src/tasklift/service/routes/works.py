@@ -23,6 +23,7 @@ from tasklift.records import WorkOptions
 from tasklift.service.access import WorkflowFacts, check_workflow_access, visible_work
 from tasklift.service.deps import MAX_ID, EngineDep, FactsDep, IdPath, PrincipalDep
 from tasklift.service.principal import Principal
+from tasklift.service.routes.rows import columns_for
 from tasklift.service.schemas import (
     JobPublic,
     JobsPublic,
@@ -49,23 +50,9 @@ _TERMINAL = frozenset(s.value for s in WORK_TERMINAL)
 def work_public(row: dict[str, Any]) -> WorkPublic:
     """Turn a work row into its API form."""
     return WorkPublic(
-        id=row["id"],
-        workflow_id=row["workflow_id"],
-        seq=row["seq"],
-        name=row["name"],
-        function=row["function"],
-        script=row["script"],
-        archive_sha=row["archive_sha"],
-        status=row["status"],
+        **columns_for(WorkPublic, row, without=("options", "n_skipped")),
         options=WorkOptions.from_json(row["options"]).to_dict(),
-        n_jobs=row["n_jobs"],
-        n_finished=row["n_finished"],
-        n_failed=row["n_failed"],
-        n_cancelled=row["n_cancelled"],
-        n_reused=row["n_reused"],
         n_skipped=row.get("n_skipped", 0),
-        created_at=row["created_at"],
-        finished_at=row["finished_at"],
     )
 
 
@@ -83,22 +70,9 @@ def job_public(row: dict[str, Any], serializer: str) -> JobPublic:
     call = _json_or_none(row["payload"], serializer)
     kwargs = call.get("kwargs") if isinstance(call, dict) and "args" not in call else call
     return JobPublic(
-        id=row["id"],
-        work_id=row["work_id"],
-        idx=row["idx"],
-        key=row["key"],
-        state=row["state"],
-        attempts=row["attempts"],
+        **columns_for(JobPublic, row, without=("kwargs", "result")),
         kwargs=kwargs,
         result=_json_or_none(row["result"], serializer),
-        error_type=row["error_type"],
-        error_message=row["error_message"],
-        traceback=row["traceback"],
-        backend_handle=row["backend_handle"],
-        reused_from=row["reused_from"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
     )
 
 
