@@ -9,7 +9,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Engine as DBEngine
@@ -33,30 +33,20 @@ PAGE = 5_000
 """Jobs of a large work paged into memory at a time."""
 
 
+@dataclass(eq=False, repr=False)
 class Dispatcher:
     """Hands pending jobs to backends (loop thread)."""
 
-    def __init__(
-        self,
-        memory: Memory,
-        db: DBEngine,
-        writer: SerialWriter,
-        backends: BackendPool,
-        engine_id: str,
-        job_api: JobAPIAccess,
-        fail: Callable[[list[Outcome]], None],
-        watch_remote: Callable[[], None],
-    ) -> None:
-        self._memory = memory
-        self._db = db
-        self._writer = writer
-        self._backends = backends
-        self._engine_id = engine_id
-        self._job_api = job_api
-        self._fail = fail
-        """Records failures of attempts the backend refused (on the loop thread)."""
-        self._watch_remote = watch_remote
-        """Starts the monitor once attempts run remotely."""
+    memory: Memory
+    db: DBEngine
+    writer: SerialWriter
+    backends: BackendPool
+    engine_id: str
+    job_api: JobAPIAccess
+    fail: Callable[[list[Outcome]], None]
+    """Records failures of attempts the backend refused (on the loop thread)."""
+    watch_remote: Callable[[], None]
+    """Starts the monitor once attempts run remotely."""
 
     def dispatch(self) -> None:
         """Hand pending jobs to backends while they have room.
@@ -64,7 +54,7 @@ class Dispatcher:
         Raises:
             SQLAlchemyError: claiming failed; the jobs stay queued in memory.
         """
-        memory = self._memory
+        memory = self.memory
         if memory.closed:
             return
         lives = list(memory.works.values())
@@ -78,7 +68,7 @@ class Dispatcher:
                 self._dispatch_work(live)
 
     def _dispatch_work(self, live: LiveWork) -> None:
-        backend = self._backends.get(live.spec.backend)
+        backend = self.backends.get(live.spec.backend)
         room = backend.free_slots(live.spec)
         if room <= 0:
             return
@@ -88,7 +78,7 @@ class Dispatcher:
         spec = live.spec
         if backend.runs_remotely:
             spec = self.remote_spec(live)
-        issue = self._job_api.issuer  # set for remote backends by remote_spec above
+        issue = self.job_api.issuer  # set for remote backends by remote_spec above
         if (spec.kind == "workflow" or backend.runs_remotely) and issue is not None:
             batch = [JobSpec(j.job_id, j.attempt, j.payload, issue(spec, j)) for j in batch]
         try:
@@ -100,12 +90,12 @@ class Dispatcher:
             self._fail_unsubmitted(live, batch, exc)
             return
         if backend.handles_outlive_engine:  # e.g. batch-system ids a restart must find
-            with self._db.begin() as conn:
+            with self.db.begin() as conn:
                 set_handles(conn, [j.job_id for j in batch], handles)
         now = time.time()
         remote = backend.runs_remotely
         for job, handle in zip(batch, handles, strict=True):
-            self._memory.attempts.add(
+            self.memory.attempts.add(
                 Attempt(
                     job.job_id,
                     spec.work_id,
@@ -119,7 +109,7 @@ class Dispatcher:
                 )
             )
         if remote:
-            self._watch_remote()
+            self.watch_remote()
 
     def _claim(self, live: LiveWork, batch: list[JobSpec]) -> list[JobSpec]:
         """Claim a batch in the database (those not claimed when inserted); the jobs another
@@ -131,10 +121,10 @@ class Dispatcher:
         if len(claimed) < len(batch) or live.has_refs:  # some were not claimed when inserted
             claimed_before = set(claimed)
             try:
-                with self._writer.begin() as conn:
+                with self.writer.begin() as conn:
                     rest = [j.job_id for j in batch if j.job_id not in claimed]
                     if rest:
-                        claimed |= claim_jobs(conn, rest, self._engine_id)
+                        claimed |= claim_jobs(conn, rest, self.engine_id)
                     if live.has_refs:
                         batch = dataflow.resolve_payloads(
                             conn, [j for j in batch if j.job_id in claimed]
@@ -152,7 +142,7 @@ class Dispatcher:
 
     def remote_spec(self, live: LiveWork) -> WorkSpec:
         """The work's spec as remote runners get it: with the job API's URL."""
-        url, _ = self._job_api.ensure()
+        url, _ = self.job_api.ensure()
         if live.spec.service_url != url:
             live.spec = replace(live.spec, service_url=url)
         return live.spec
@@ -163,10 +153,10 @@ class Dispatcher:
         Only jobs already in memory; data-flow jobs are claimed with their inputs. Returns the
         claims to note in ``live.claimed`` once the transaction has committed."""
         claims: list[tuple[LiveWork, set[int]]] = []
-        for live in self._memory.works.values():
+        for live in self.memory.works.values():
             if live.has_refs or not (live.pending or live.retries):
                 continue
-            backend = self._backends.started(live.spec.backend)
+            backend = self.backends.started(live.spec.backend)
             if backend is None:
                 continue
             room = backend.free_slots(live.spec) - len(live.claimed)
@@ -179,7 +169,7 @@ class Dispatcher:
                 if job.job_id not in live.claimed:
                     ids.append(job.job_id)
             if ids:
-                claims.append((live, claim_jobs(conn, ids, self._engine_id)))
+                claims.append((live, claim_jobs(conn, ids, self.engine_id)))
         return claims
 
     def _take(self, live: LiveWork, room: int) -> list[JobSpec]:
@@ -196,7 +186,7 @@ class Dispatcher:
 
     def _page_in(self, live: LiveWork) -> None:
         assert live.page_after is not None
-        with self._db.connect() as conn:
+        with self.db.connect() as conn:
             rows = pending_jobs(conn, live.spec.work_id, live.page_after, PAGE)
         if not rows:
             if live.stored is None:  # else more jobs are being stored: look again then
@@ -210,10 +200,10 @@ class Dispatcher:
     def _fail_unsubmitted(self, live: LiveWork, batch: list[JobSpec], exc: BackendError) -> None:
         now = time.time()
         for job in batch:
-            self._memory.attempts.add(
+            self.memory.attempts.add(
                 Attempt(job.job_id, live.spec.work_id, job.attempt, job.payload)
             )
-        self._fail(
+        self.fail(
             [
                 Outcome.failure(
                     job.job_id,

@@ -47,20 +47,15 @@ class _Batch:
     taken: list[Attempt] = field(default_factory=list)  # put back if the transaction fails
 
 
+@dataclass(eq=False, repr=False)
 class OutcomeRecorder:
     """Stores outcomes (DB commit first) and updates the engine's memory after the commit."""
 
-    def __init__(
-        self,
-        memory: Memory,
-        writer: SerialWriter,
-        claim_ahead: ClaimAhead,
-    ) -> None:
-        self._memory = memory
-        self._writer = writer
-        self._claim_ahead = claim_ahead
-        self.latency_observer: Callable[[float], None] | None = None
-        """Sees seconds from a job's end to its result's commit (the service's metrics)."""
+    memory: Memory
+    writer: SerialWriter
+    claim_ahead: ClaimAhead
+    latency_observer: Callable[[float], None] | None = field(default=None, init=False)
+    """Sees seconds from a job's end to its result's commit (the service's metrics)."""
 
     def record(self, outcomes: list[Outcome]) -> Publish:
         """Record outcomes; return the records to announce.
@@ -81,7 +76,7 @@ class OutcomeRecorder:
         return publish
 
     def _sort(self, outcomes: list[Outcome]) -> _Batch:
-        memory, batch = self._memory, _Batch()
+        memory, batch = self.memory, _Batch()
         for outcome in outcomes:
             attempt = memory.attempts.current(outcome.job_id, outcome.attempt)
             if attempt is None:
@@ -109,9 +104,9 @@ class OutcomeRecorder:
     def _undo(self, batch: _Batch) -> None:
         """Nothing was stored: the jobs are active again, as before the call."""
         for attempt in batch.taken:
-            self._memory.attempts.add(attempt)
+            self.memory.attempts.add(attempt)
         for row in batch.terminal:
-            live = self._memory.works.get(row["_work"])
+            live = self.memory.works.get(row["_work"])
             if row["_idx"] >= 0 and live is not None:
                 live.idx_of[row["_id"]] = row["_idx"]
 
@@ -123,10 +118,10 @@ class OutcomeRecorder:
         its claim and is dropped). Returns the works that ended.
         """
         done_works: list[int] = []
-        with self._writer.begin() as conn:
+        with self.writer.begin() as conn:
             next_seq: dict[int, int] = {}
             for work_id, (finished, failed, skipped) in batch.per_work.items():
-                live = self._memory.works[work_id]
+                live = self.memory.works[work_id]
                 ended = self._bump(conn, live, finished, failed, skipped)
                 next_seq[work_id] = ended[0]
                 if ended[1]:
@@ -137,12 +132,12 @@ class OutcomeRecorder:
             store_terminal(conn, batch.terminal)
             store_retries(conn, batch.retry)
             self._finish_remote_workflows(conn, batch.terminal)
-            upstream = self._memory.upstream_works
+            upstream = self.memory.upstream_works
             flowing = [row for row in batch.terminal if row["_work"] in upstream]
             if flowing:
                 for work_id, record in self._flow(conn, flowing):
                     publish.setdefault(work_destination(work_id), []).append(record)
-            claims = self._claim_ahead(conn)
+            claims = self.claim_ahead(conn)
         for live, claimed in claims:
             live.claimed |= claimed
         return done_works
@@ -175,7 +170,7 @@ class OutcomeRecorder:
 
     def _finish_remote_workflows(self, conn: Any, rows: list[dict[str, Any]]) -> None:
         for row in rows:
-            spec = self._memory.works[row["_work"]].spec
+            spec = self.memory.works[row["_work"]].spec
             if spec.kind != "workflow":
                 continue
             # a remote workflow's function ended
@@ -191,7 +186,7 @@ class OutcomeRecorder:
 
     def _flow(self, conn: Any, rows: list[dict[str, Any]]) -> list[tuple[int, ResultRecord]]:
         """Release dependents of finished jobs; end dependents of failed or skipped ones."""
-        works = self._memory.works
+        works = self.memory.works
         finished = [r["_id"] for r in rows if r["_state"] == JobState.FINISHED.value]
         broken = {
             r["_id"]: (r["_state"], f"{r['_error_type']}: {r['_error_message']}")
@@ -214,7 +209,7 @@ class OutcomeRecorder:
         return cascaded
 
     def _after_commit(self, batch: _Batch, publish: Publish, done_works: list[int]) -> None:
-        works = self._memory.works
+        works = self.memory.works
         for work_id, (finished, failed, _) in batch.per_work.items():
             live = works[work_id]
             live.finished += finished

@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,36 +37,23 @@ __all__ = ["Recovery", "close_orphaned_workflows", "process_alive"]
 logger = logging.getLogger(__name__)
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class Recovery:
     """Resume, adopt and scan for one engine. Its methods that change the engine's memory run
     on the engine's loop thread; the scan thread only reads the database and hands the loop
     what it found."""
 
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        db: Engine,
-        memory: Memory,
-        engine_id: str,
-        backends: BackendPool,
-        dispatcher: Dispatcher,
-        announcer: Announcer,
-        loop: EngineLoop,
-        watch_remote: Callable[[], None],
-        archive_file: Callable[[str], str],
-    ) -> None:
-        self._settings = settings
-        self._db = db
-        self._memory = memory
-        self._engine_id = engine_id
-        self._backends = backends
-        self._dispatcher = dispatcher
-        self._announcer = announcer
-        self._loop = loop
-        self._watch_remote = watch_remote
-        self._archive_file = archive_file
-        self._scanner: threading.Thread | None = None
+    settings: Settings
+    db: Engine
+    memory: Memory
+    engine_id: str
+    backends: BackendPool
+    dispatcher: Dispatcher
+    announcer: Announcer
+    loop: EngineLoop
+    watch_remote: Callable[[], None]
+    archive_file: Callable[[str], str]
+    _scanner: threading.Thread | None = field(default=None, init=False)
 
     def start_scanning(self, stop: threading.Event, dispatch: Callable[[], None]) -> None:
         """Scan for works other engines created, every ``scan_interval`` (a server engine)."""
@@ -80,7 +68,7 @@ class Recovery:
         """Queue again the unfinished jobs of running works (a restarted server); end those
         whose jobs this engine was still storing when it stopped (the rest never exists).
         Loop thread."""
-        with self._db.begin() as conn:
+        with self.db.begin() as conn:
             running = (
                 conn.execute(
                     select(tables.works).where(tables.works.c.status == WorkState.RUNNING.value)
@@ -88,19 +76,19 @@ class Recovery:
                 .mappings()
                 .all()
             )
-        for row in [r for r in running if r["storing_by"] == self._engine_id]:
+        for row in [r for r in running if r["storing_by"] == self.engine_id]:
             self._end_interrupted_store(dict(row))
         # works other engines are storing are theirs: they run as any other
-        rows = [r for r in running if r["storing_by"] != self._engine_id]
+        rows = [r for r in running if r["storing_by"] != self.engine_id]
         adopted = self._take_back_jobs(rows)
         for row in rows:
             live = self.live_from_row(dict(row))
             live.page_after = -1
-            self._memory.works[row["id"]] = live
+            self.memory.works[row["id"]] = live
             self._adopt(live, adopted.get(row["id"], []))
             logger.info("resumed work %s (id %d)", row["name"], row["id"])
         if rows:
-            self._dispatcher.dispatch()
+            self.dispatcher.dispatch()
 
     def _take_back_jobs(self, rows: Sequence[Any]) -> dict[int, list[Any]]:
         """Jobs this engine handed out before it restarted and never heard back from go back
@@ -108,12 +96,12 @@ class Recovery:
         returned, to be watched again rather than rerun. Jobs other engines hold are theirs."""
         active = [JobState.QUEUED.value, JobState.RUNNING.value]
         adopted: dict[int, list[Any]] = {}
-        with self._db.begin() as conn:
+        with self.db.begin() as conn:
             for row in rows:
                 mine = (
                     tables.jobs.c.work_id == row["id"],
                     tables.jobs.c.state.in_(active),
-                    tables.jobs.c.claimed_by == self._engine_id,
+                    tables.jobs.c.claimed_by == self.engine_id,
                 )
                 if self._runners_outlive_engine(row):
                     adopted[row["id"]] = list(
@@ -138,7 +126,7 @@ class Recovery:
         of the work ends and its readers (counting ``n_jobs`` results) see it end."""
         work_id, n_jobs = int(row["id"]), int(row["n_jobs"])
         live = self.live_from_row(row)  # notes whether other works take its results
-        with self._db.begin() as conn:
+        with self.db.begin() as conn:
             stored = store_unstored_jobs(conn, work_id, n_jobs)
             message = (
                 f"the engine stopped while storing this work's jobs ({stored} of {n_jobs} "
@@ -146,24 +134,24 @@ class Recovery:
             )
             cancelled = cancel_open_jobs(conn, work_id, message)
             cascaded: list[tuple[int, Any]] = []
-            if cancelled and work_id in self._memory.upstream_works:
+            if cancelled and work_id in self.memory.upstream_works:
                 cascaded, _ = dataflow.cascade(
                     conn,
                     {r.job_id: (JobState.CANCELLED.value, message) for r in cancelled},
                 )
             set_work_status(conn, work_id, WorkState.CANCELLED.value, finished=True)
             set_storing_by(conn, work_id, None)
-        self._memory.store_errors[work_id] = message
+        self.memory.store_errors[work_id] = message
         logger.warning("work %s (id %d) cancelled: %s", live.spec.name, work_id, message)
-        self._announcer.announce(work_destination(work_id), cancelled)
+        self.announcer.announce(work_destination(work_id), cancelled)
         for other, record in cascaded:
-            self._announcer.announce(work_destination(other), [record])
+            self.announcer.announce(work_destination(other), [record])
 
     def _runners_outlive_engine(self, row: Any) -> bool:
         """True when the work's backend runs jobs that survive this engine (e.g. Slurm)."""
         name = WorkOptions.from_json(row["options"]).backend
         try:
-            return self._backends.get(name).handles_outlive_engine
+            return self.backends.get(name).handles_outlive_engine
         except (ConfigError, BackendError) as exc:
             logger.error("work %d: backend %s unavailable after restart: %s", row["id"], name, exc)
             return False
@@ -172,11 +160,11 @@ class Recovery:
         """Take back jobs that kept running on the backend while the engine was away."""
         if not jobs:
             return
-        backend = self._backends.get(live.spec.backend)
+        backend = self.backends.get(live.spec.backend)
         remote = backend.runs_remotely
-        spec = self._dispatcher.remote_spec(live) if remote else live.spec
+        spec = self.dispatcher.remote_spec(live) if remote else live.spec
         for job_id, idx, attempts, payload, handle in jobs:
-            self._memory.attempts.add(
+            self.memory.attempts.add(
                 Attempt(
                     job_id,
                     spec.work_id,
@@ -191,14 +179,14 @@ class Recovery:
             )
             live.idx_of[job_id] = idx
         if remote:
-            self._watch_remote()
+            self.watch_remote()
         logger.info("work %s: %d running jobs adopted from the backend", spec.name, len(jobs))
 
     def _scan_loop(self, stop: threading.Event, dispatch: Callable[[], None]) -> None:
         """Pick up running works that other engines (or servers) created; drop ended ones."""
-        while not stop.wait(self._settings.scan_interval):
+        while not stop.wait(self.settings.scan_interval):
             try:
-                with self._db.connect() as conn:
+                with self.db.connect() as conn:
                     running = {
                         int(r["id"]): dict(r)
                         for r in conn.execute(
@@ -207,16 +195,16 @@ class Recovery:
                             )
                         ).mappings()
                     }
-                self._loop.call(self._apply_scan, running)
+                self.loop.call(self._apply_scan, running)
                 dispatch()  # jobs a failed dispatch left queued
             except LoopStopped:
                 return
             except Exception:  # keep scanning; the next round retries
-                logger.exception("engine %s: scanning for works failed", self._engine_id)
+                logger.exception("engine %s: scanning for works failed", self.engine_id)
 
     def _apply_scan(self, running: dict[int, dict[str, Any]]) -> None:
         """Loop thread: forget works that ended elsewhere, take up the new ones."""
-        memory = self._memory
+        memory = self.memory
         if memory.closed:
             return
         busy = {a.work_id for a in memory.attempts.snapshot()}
@@ -233,7 +221,7 @@ class Recovery:
                 live.page_after = -1  # look (again) for pending jobs in the DB
                 added = True
         if added:
-            self._dispatcher.dispatch()
+            self.dispatcher.dispatch()
 
     def live_from_row(self, row: dict[str, Any]) -> LiveWork:
         """Rebuild a work's in-memory state from its stored row and options."""
@@ -241,10 +229,10 @@ class Recovery:
         spec = spec_from_row(
             row,
             options=options,
-            cache_dir=str(self._settings.cache_dir),
-            archive_file=self._archive_file,
+            cache_dir=str(self.settings.cache_dir),
+            archive_file=self.archive_file,
         )
-        with self._db.connect() as conn:
+        with self.db.connect() as conn:
             upstream = (
                 conn.execute(
                     select(tables.edges.c.upstream_work_id).where(
@@ -260,7 +248,7 @@ class Recovery:
                 .limit(1)
             ).first()
         if has_dependents is not None:
-            self._memory.upstream_works.add(int(row["id"]))
+            self.memory.upstream_works.add(int(row["id"]))
         live = LiveWork(
             spec=spec,
             n_jobs=row["n_jobs"],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Engine as DBEngine
@@ -56,39 +56,24 @@ sooner goes straight from ``queued`` to its end)."""
 STORE_TRIES = 5
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class WorkControl:
     """Work life-cycle commands (loop thread, unless a method says otherwise)."""
 
-    def __init__(
-        self,
-        *,
-        memory: Memory,
-        db: DBEngine,
-        store: WorkStore,
-        chunks: ChunkedStore,
-        backends: BackendPool,
-        announcer: Announcer,
-        dispatch: Callable[[], None],
-        recovery: Recovery,
-        dispatcher: Dispatcher,
-        loop: EngineLoop,
-        writer: SerialWriter,
-        engine_id: str,
-    ) -> None:
-        self._memory = memory
-        self._db = db
-        self._writer = writer
-        self._engine_id = engine_id
-        self._loop = loop
-        self._dispatcher = dispatcher
-        self._store = store
-        self._chunks = chunks
-        self._backends = backends
-        self._announcer = announcer
-        self._dispatch = dispatch
-        """Dispatch; a database failure leaves the jobs queued for the retry thread."""
-        self._recovery = recovery
-        self._running_flush: threading.Timer | None = None
+    memory: Memory
+    db: DBEngine
+    store: WorkStore
+    chunks: ChunkedStore
+    backends: BackendPool
+    announcer: Announcer
+    dispatch: Callable[[], None]
+    """Dispatch; a database failure leaves the jobs queued for the retry thread."""
+    recovery: Recovery
+    dispatcher: Dispatcher
+    loop: EngineLoop
+    writer: SerialWriter
+    engine_id: str
+    _running_flush: threading.Timer | None = field(default=None, init=False)
 
     # ------------------------------------------------------------------ a new work
     def submit(
@@ -123,16 +108,16 @@ class WorkControl:
             sub.workflow_id, sub.spec, sub.memo_key, sub.options.to_json(), sub.min_success,
             first, n_jobs, sub.reuse, sub.refs, claim, sub.require_running,
         )  # fmt: skip
-        spec, record, done = self._loop.call(self._store_and_queue, work, on_stored, streamed)
+        spec, record, done = self.loop.call(self._store_and_queue, work, on_stored, streamed)
         if done is not None:  # the rest is stored by a thread of its own
-            self._chunks.start(StoreRest(record.work_id, sub, jobs, len(first)), done)
+            self.chunks.start(StoreRest(record.work_id, sub, jobs, len(first)), done)
         return spec, record
 
     def _room(self, spec: WorkSpec) -> int:
         """How many jobs of a new work its backend takes at once (0 when closed)."""
-        if self._memory.closed:
+        if self.memory.closed:
             return 0
-        return self._backends.get(spec.backend).free_slots(spec)
+        return self.backends.get(spec.backend).free_slots(spec)
 
     def _store_and_queue(
         self,
@@ -143,10 +128,10 @@ class WorkControl:
         # a data-flow work's upstream works are marked first: an upstream job that ends later
         # then releases it in the DB and in memory, never in the DB only (it would wait forever)
         if work.refs:
-            self._memory.upstream_works.update(r.work_id for refs in work.refs for r in refs)
+            self.memory.upstream_works.update(r.work_id for refs in work.refs for r in refs)
         for attempt in range(STORE_TRIES):
             try:
-                stored = self._store.store(work)
+                stored = self.store.store(work)
                 break
             except IntegrityError:  # another engine took the same sequence number: read again
                 if attempt == STORE_TRIES - 1:
@@ -163,32 +148,32 @@ class WorkControl:
         done = threading.Event() if streamed else None
         if stored.status not in WORK_TERMINAL:
             live.store_done = done
-            self._memory.works[stored.work_id] = live
-            self._dispatch()
+            self.memory.works[stored.work_id] = live
+            self.dispatch()
         if stored.ended:
-            self._announcer.announce(work_destination(stored.work_id), stored.ended)
+            self.announcer.announce(work_destination(stored.work_id), stored.ended)
         return spec, record, done
 
     def chunk_stored(self, work_id: int, stored: int | None, records: list[ResultRecord]) -> None:
         """A chunk of a large work is stored: its memo hits ended; dispatch may page it in."""
-        live = self._memory.works.get(work_id)
+        live = self.memory.works.get(work_id)
         if live is not None:
             live.stored = stored
             live.finished += len(records)
             if live.finished + live.failed + live.cancelled >= live.n_jobs:
-                self._memory.works.pop(work_id, None)
-            self._dispatch()
+                self.memory.works.pop(work_id, None)
+            self.dispatch()
         if records:
-            self._announcer.announce(work_destination(work_id), records)
+            self.announcer.announce(work_destination(work_id), records)
 
     # ------------------------------------------------------------------ a user's commands
     def cancel(self, work_id: int, message: str) -> int:
         """Cancel a work's queued and running jobs; return how many were cancelled."""
-        memory = self._memory
+        memory = self.memory
         live = memory.works.pop(work_id, None)
         handles = [a.handle for a in memory.attempts.take_work(work_id) if a.handle is not None]
         cascaded: list[tuple[int, ResultRecord]] = []
-        with self._db.begin() as conn:
+        with self.db.begin() as conn:
             cancelled = cancel_open_jobs(conn, work_id, message)
             if cancelled and work_id in memory.upstream_works:
                 cascaded, _ = dataflow.cascade(
@@ -212,23 +197,23 @@ class WorkControl:
             set_work_status(conn, work_id, state.value, finished=True)
         if handles and live is not None:
             try:
-                self._backends.get(live.spec.backend).cancel(handles)
+                self.backends.get(live.spec.backend).cancel(handles)
             except BackendError:
                 logger.exception("backend could not cancel jobs of work %d", work_id)
-        self._announcer.announce(work_destination(work_id), cancelled)
+        self.announcer.announce(work_destination(work_id), cancelled)
         for other, record in cascaded:
-            self._announcer.announce(work_destination(other), [record])
+            self.announcer.announce(work_destination(other), [record])
         return len(cancelled)
 
     def retry_failed(self, work_id: int) -> int:
         """Run a work's failed jobs again (fresh attempts); return how many."""
-        works = self._memory.works
-        with self._db.begin() as conn:
+        works = self.memory.works
+        with self.db.begin() as conn:
             reopened = reopen_failed_jobs(conn, work_id)
             downstream = dataflow.reopen_downstream(conn, [r[0] for r in reopened])
         for other in downstream:  # their jobs wait for the retried ones, then run
             if other not in works:
-                works[other] = self._recovery.live_from_row(self._work_row(other, strict=True))
+                works[other] = self.recovery.live_from_row(self._work_row(other, strict=True))
         row = self._work_row(work_id)
         if row is None:
             raise NotFoundError(f"work {work_id} does not exist")
@@ -236,18 +221,18 @@ class WorkControl:
             return 0
         live = works.get(work_id)
         if live is None:
-            live = works[work_id] = self._recovery.live_from_row(row)
+            live = works[work_id] = self.recovery.live_from_row(row)
         else:
             live.failed -= len(reopened)
         for job_id, idx, payload in reopened:
             live.retries.append(JobSpec(job_id, 1, payload))
             live.idx_of[job_id] = idx
         logger.info("work %s: retrying %d failed jobs", live.spec.name, len(reopened))
-        self._dispatch()
+        self.dispatch()
         return len(reopened)
 
     def _work_row(self, work_id: int, strict: bool = False) -> dict[str, Any] | None:
-        with self._db.connect() as conn:
+        with self.db.connect() as conn:
             result = conn.execute(
                 select(tables.works).where(tables.works.c.id == work_id)
             ).mappings()
@@ -277,7 +262,7 @@ class WorkControl:
                 exc,
             )
             return
-        self._dispatch()
+        self.dispatch()
         self.announce_all(publish)
 
     def retry_held(
@@ -295,7 +280,7 @@ class WorkControl:
         if len(held):
             return False
         try:
-            self._dispatcher.dispatch()
+            self.dispatcher.dispatch()
         except SQLAlchemyError as exc:
             logger.error("dispatch failed again: %s", exc)
             return False
@@ -304,51 +289,51 @@ class WorkControl:
     def announce_all(self, publish: Publish) -> None:
         """Announce recorded ends, by destination."""
         for destination, messages in publish.items():
-            self._announcer.announce(destination, messages)
+            self.announcer.announce(destination, messages)
 
     def requeue(self, jobs: list[tuple[int, int]]) -> None:
         """Put jobs a backend gave back into the queue, without charging an attempt."""
         rows = []
         for job_id, number in jobs:
-            attempt = self._memory.attempts.take(job_id, number)
+            attempt = self.memory.attempts.take(job_id, number)
             if attempt is None:
                 continue
-            live = self._memory.works.get(attempt.work_id)
+            live = self.memory.works.get(attempt.work_id)
             if live is None:
                 continue
             live.retries.appendleft(JobSpec(job_id, number, attempt.payload))
             rows.append((job_id, number - 1))
         if rows:
             try:
-                with self._writer.begin() as conn:
+                with self.writer.begin() as conn:
                     requeue_jobs(conn, rows)
             except SQLAlchemyError as exc:  # bookkeeping: the jobs are queued in memory
                 logger.error(
                     "engine %s: could not note %d requeued jobs in the database: %s",
-                    self._engine_id,
+                    self.engine_id,
                     len(rows),
                     exc,
                 )
-        self._dispatch()
+        self.dispatch()
 
     def note_started(self, jobs: list[tuple[int, int]]) -> None:
         """Runners started these attempts: recorded ``running`` in one statement soon."""
         for job_id, number in jobs:
-            self._memory.attempts.note_started(job_id, number)
+            self.memory.attempts.note_started(job_id, number)
         if self._running_flush is None:
             self._running_flush = threading.Timer(
-                RUNNING_BATCH_DELAY, self._loop.post, args=(self._flush_started,)
+                RUNNING_BATCH_DELAY, self.loop.post, args=(self._flush_started,)
             )
             self._running_flush.daemon = True
             self._running_flush.start()
 
     def _flush_started(self) -> None:
         self._running_flush = None
-        starts = self._memory.attempts.starts_to_record()
+        starts = self.memory.attempts.starts_to_record()
         if not starts:
             return
         try:
-            with self._writer.begin() as conn:
+            with self.writer.begin() as conn:
                 mark_running(conn, starts)
         except SQLAlchemyError as exc:  # bookkeeping: the jobs run; their outcome still counts
             logger.error("could not record %d started jobs as running: %s", len(starts), exc)
@@ -356,9 +341,9 @@ class WorkControl:
     def dispatch_guarded(self) -> bool:
         """Dispatch; False when the database failed (the jobs stay queued)."""
         try:
-            self._dispatcher.dispatch()
+            self.dispatcher.dispatch()
         except SQLAlchemyError as exc:
-            logger.error("engine %s: dispatch failed on the database: %s", self._engine_id, exc)
+            logger.error("engine %s: dispatch failed on the database: %s", self.engine_id, exc)
             return False
         return True
 
