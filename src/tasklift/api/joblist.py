@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 from tasklift.keys import occurrence_key
@@ -54,6 +55,7 @@ class _OnDemand(Sequence[T]):
         return start, stop
 
 
+@dataclass(eq=False, repr=False)
 class JobList(_OnDemand[tuple[str, bytes]]):
     """``(key, payload)`` of every job of a work, in order; thread-safe.
 
@@ -65,31 +67,27 @@ class JobList(_OnDemand[tuple[str, bytes]]):
         payloads: serialized payload of each of a batch of ``calls``.
     """
 
-    def __init__(
-        self,
-        name: str,
-        calls: Sequence[Call],
-        key_calls: Sequence[Call],
-        texts: Callable[[Sequence[Call]], list[str]],
-        payloads: Callable[[Sequence[Call]], list[bytes]],
-        hash_text: Callable[[str], str],
-    ) -> None:
-        self._name = name
-        self._calls = calls
-        self._key_calls = key_calls
-        self._texts = texts
-        self._payloads = payloads
-        self._hash = hash_text
-        self._keys: list[str] = []
-        self._seen: dict[str, int] = {}  # key -> how often it repeated so far
-        self._last: tuple[int, int, Sequence[Call]] | None = None  # calls made for keys
-        self._lock = threading.Lock()
-        self.keys: Sequence[str] = _Keys(self)
-        if len(calls) <= EAGER_UP_TO:
-            self._ensure(len(calls))
+    name: str
+    calls: Sequence[Call]
+    key_calls: Sequence[Call]
+    texts: Callable[[Sequence[Call]], list[str]]
+    payloads: Callable[[Sequence[Call]], list[bytes]]
+    hash_text: Callable[[str], str]
+    _keys: list[str] = field(default_factory=list, init=False)
+    _seen: dict[str, int] = field(default_factory=dict, init=False)
+    """Key -> how often it repeated so far."""
+    _last: tuple[int, int, Sequence[Call]] | None = field(default=None, init=False)
+    """Calls made for keys."""
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    keys: Sequence[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = _Keys(self)
+        if len(self.calls) <= EAGER_UP_TO:
+            self._ensure(len(self.calls))
 
     def __len__(self) -> int:
-        return len(self._calls)
+        return len(self.calls)
 
     def _slice(self, index: slice) -> list[tuple[str, bytes]]:
         start, stop = self._contiguous(index)
@@ -98,13 +96,13 @@ class JobList(_OnDemand[tuple[str, bytes]]):
         if last is not None and last[:2] == (start, stop):
             calls = last[2]  # the same calls made the keys just now (a lazy group)
         else:
-            calls = self._calls[start:stop]
+            calls = self.calls[start:stop]
         self._last = None
-        return list(zip(self._keys[start:stop], self._payloads(calls), strict=True))
+        return list(zip(self._keys[start:stop], self.payloads(calls), strict=True))
 
     def _item(self, position: int) -> tuple[str, bytes]:
         self._ensure(position + 1)
-        return self._keys[position], self._payloads([self._calls[position]])[0]
+        return self._keys[position], self.payloads([self.calls[position]])[0]
 
     def __iter__(self) -> Iterator[tuple[str, bytes]]:
         for start in range(0, len(self), 10_000):
@@ -130,12 +128,12 @@ class JobList(_OnDemand[tuple[str, bytes]]):
             start = len(self._keys)
             if start >= upto:
                 return
-            batch = self._key_calls[start:upto]
-            if self._key_calls is self._calls:
+            batch = self.key_calls[start:upto]
+            if self.key_calls is self.calls:
                 self._last = (start, upto, batch)
-            texts = self._texts(batch)
+            texts = self.texts(batch)
             for text in texts:
-                key = self._hash(text)
+                key = self.hash_text(text)
                 if key in self._seen:
                     # the same arguments again: its own job, under a key of its own (the first
                     # occurrence keeps the plain key, so reuse of earlier runs is unchanged)
@@ -144,7 +142,7 @@ class JobList(_OnDemand[tuple[str, bytes]]):
                 else:
                     self._seen[key] = 0
                 self._keys.append(key)
-            if len(self._keys) == len(self._calls):
+            if len(self._keys) == len(self.calls):
                 self._seen = {}  # every key is known: the repeat counts are not needed
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tasklift.api.map_result import MapResult
@@ -92,48 +92,36 @@ class WorkRef:
         return f"<{self.work.name}.{what}>"
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class Work:
     """A submitted work: N jobs of one ``@work`` function. Returned with ``return_work=True``."""
 
-    def __init__(
-        self,
-        *,
-        engine: EngineClient,
-        work_id: int,
-        name: str,
-        keys: Sequence[str],
-        calls: Sequence[tuple[list[Any], dict[str, Any]]],
-        base_args: Sequence[Any],
-        base_kwargs: Mapping[str, Any],
-        serializer: str,
-        map_results: bool,
-        min_success: float,
-        n_reused: int = 0,
-        show_progress: bool = False,
-        subscribed_before_dispatch: bool = False,
-        workflow_id: int | None = None,
-        elements: Sequence[Any] | None = None,
-    ) -> None:
-        self.engine = engine
-        self.work_id = work_id
-        self.workflow_id = workflow_id
-        self.name = name
-        self.keys = keys
-        self.calls = calls
-        self._base_args = list(base_args)
-        self._base_kwargs = dict(base_kwargs)
-        self._elements = elements  # the group_kwargs as given (MapResult looks them up)
+    engine: EngineClient
+    work_id: int
+    name: str
+    keys: Sequence[str]
+    calls: Sequence[tuple[list[Any], dict[str, Any]]]
+    base_args: Sequence[Any]
+    base_kwargs: Mapping[str, Any]
+    serializer: InitVar[str]
+    map_results: bool
+    min_success: float
+    n_reused: int = 0
+    show_progress: bool = False
+    subscribed_before_dispatch: InitVar[bool] = False
+    workflow_id: int | None = None
+    elements: Sequence[Any] | None = None
+    """The group_kwargs as given (MapResult looks them up)."""
+    submitted_at: float = field(default_factory=time.time, init=False)
+
+    def __post_init__(self, serializer: str, subscribed_before_dispatch: bool) -> None:
+        self.base_args = list(self.base_args)
+        self.base_kwargs = dict(self.base_kwargs)
         self._serializer = get_serializer(serializer)
-        self.map_results = map_results
-        self.min_success = min_success
-        self.n_reused = n_reused
-        self.submitted_at = time.time()
-        self._show_progress = show_progress
         # subscribed before any job was dispatched, nothing can have been missed unless jobs
         # were reused from an earlier run (those are in the DB only)
-        self._async = AsyncResult(
-            engine, work_id, len(keys), reread=not subscribed_before_dispatch or n_reused > 0
-        )
+        reread = not subscribed_before_dispatch or self.n_reused > 0
+        self._async = AsyncResult(self.engine, self.work_id, len(self.keys), reread=reread)
 
     def __repr__(self) -> str:
         return f"<Work {self.name!r} id={self.work_id} jobs={len(self.keys)}>"
@@ -190,7 +178,7 @@ class Work:
             WorkTimeout: ``timeout`` seconds passed first.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self._show_progress and not self._async.done():
+        if self.show_progress and not self._async.done():
             from tasklift.api.progress import wait_with_progress
 
             ok = wait_with_progress(
@@ -262,10 +250,10 @@ class Work:
                 values,
                 self.failures,
                 self.metrics,
-                self._base_args,
-                self._base_kwargs,
+                self.base_args,
+                self.base_kwargs,
                 keys=self.keys,
-                elements=self._elements,
+                elements=self.elements,
                 skipped=[self._failure(r) for r in records if r.state == JobState.SKIPPED.value],
             )
         return [

@@ -20,6 +20,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from sqlalchemy import Engine as DBEngine
@@ -63,18 +64,20 @@ class Monitored(Protocol):
         ...
 
 
+@dataclass(eq=False, repr=False)
 class Monitor:
     """Watches the remote jobs of one engine from a background thread."""
 
-    def __init__(self, engine: Monitored, interval: float, heartbeat_timeout: float) -> None:
-        self._engine = engine
-        self.interval = interval
-        self.heartbeat_timeout = heartbeat_timeout
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._started: dict[tuple[int, int], float] = {}  # first heartbeat seen
-        self._ended_at: dict[tuple[int, int], float] = {}  # backend says ended, no outcome yet
-        self._lock = threading.Lock()
+    engine: Monitored
+    interval: float
+    heartbeat_timeout: float
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _thread: threading.Thread | None = field(default=None, init=False)
+    _started: dict[tuple[int, int], float] = field(default_factory=dict, init=False)
+    """First heartbeat seen."""
+    _ended_at: dict[tuple[int, int], float] = field(default_factory=dict, init=False)
+    """Backend says ended, no outcome yet."""
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def start(self) -> None:
         """Start watching (idempotent)."""
@@ -99,7 +102,7 @@ class Monitor:
 
     def check_once(self, now: float | None = None) -> list[Outcome]:
         """One round: find lost, silent and timed-out jobs and record their failures."""
-        jobs = self._engine.remote_jobs()
+        jobs = self.engine.remote_jobs()
         keys = {(j.job_id, j.number) for j in jobs}
         for table in (self._started, self._ended_at):
             for key in [k for k in table if k not in keys]:
@@ -108,7 +111,7 @@ class Monitor:
             return []
         now = time.time() if now is None else now
         ids = [j.job_id for j in jobs]
-        beats = self._engine.last_heartbeats(ids)
+        beats = self.engine.last_heartbeats(ids)
         unheard = [j for j in ids if j not in beats]  # e.g. adopted after a restart
         if unheard:
             beats.update(self._heartbeats(unheard))
@@ -127,7 +130,7 @@ class Monitor:
                         to_cancel[name].append(job.handle or "")
         for name, handles in to_cancel.items():
             try:
-                self._engine.backend(name).cancel(handles)
+                self.engine.backend(name).cancel(handles)
             except BackendError as exc:
                 logger.error("monitor: the %s backend could not cancel %s: %s", name, handles, exc)
         if failures:
@@ -139,7 +142,7 @@ class Monitor:
                     failure.error_type,
                     failure.error_message,
                 )
-            self._engine.record_outcomes(failures)
+            self.engine.record_outcomes(failures)
         return failures
 
     def _verdict(
@@ -201,20 +204,20 @@ class Monitor:
 
     def _poll(self, name: str, jobs: list[Attempt]) -> dict[str, JobState]:
         try:
-            return self._engine.backend(name).poll([j.handle for j in jobs if j.handle])
+            return self.engine.backend(name).poll([j.handle for j in jobs if j.handle])
         except BackendError as exc:
             logger.warning("monitor: cannot poll the %s backend: %s", name, exc)
             return {}
 
     def _reason(self, name: str, handle: str) -> str | None:
         try:
-            return self._engine.backend(name).lost_reason(handle)
+            return self.engine.backend(name).lost_reason(handle)
         except BackendError as exc:
             return f"the {name} backend lost the job ({exc})"
 
     def _heartbeats(self, job_ids: list[int]) -> dict[int, float]:
         beats: dict[int, float] = {}
-        with self._engine.db.connect() as conn:
+        with self.engine.db.connect() as conn:
             for i in range(0, len(job_ids), QUERY_CHUNK):
                 chunk = job_ids[i : i + QUERY_CHUNK]
                 rows = conn.execute(

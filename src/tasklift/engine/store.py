@@ -100,19 +100,19 @@ class StoredWork:
     claimed: set[int] = field(default_factory=set)
 
 
+@dataclass(eq=False, repr=False)
 class WorkStore:
     """Writes works and their jobs."""
 
-    def __init__(self, db: DBEngine, writer: SerialWriter, engine_id: str) -> None:
-        self.db = db
-        self._writer = writer
-        self._engine_id = engine_id
-        self.submit_lock = threading.Lock()
-        """Serialises the transactions that take a workflow's next work number."""
+    db: DBEngine
+    writer: SerialWriter
+    engine_id: str
+    submit_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    """Serialises the transactions that take a workflow's next work number."""
 
     def store(self, work: WorkToStore) -> StoredWork:
         """Store a work's row and its first jobs in one transaction."""
-        with self.submit_lock, self._writer.begin() as conn:
+        with self.submit_lock, self.writer.begin() as conn:
             if work.require_running:
                 _check_running(conn, work.workflow_id)
             jobs = work.jobs
@@ -121,7 +121,7 @@ class WorkStore:
             hits = {i for i, (key, _) in enumerate(jobs) if key in memo} if memo else set()
             work_id = self._insert_work(conn, work)
             job_ids = insert_jobs(
-                conn, work_id, jobs, claim=work.claim, skip=hits, engine_id=self._engine_id
+                conn, work_id, jobs, claim=work.claim, skip=hits, engine_id=self.engine_id
             )
             stored = StoredWork(work_id, job_ids, [], WorkState.RUNNING)
             stored.claimed = _claimed_at_insert(job_ids, hits, work.claim)
@@ -163,7 +163,7 @@ class WorkStore:
             n_jobs=work.n_jobs,
             when_predicate=spec.when,
             # the rest is stored by this engine's store thread (cleared with the last chunk)
-            storing_by=self._engine_id if work.n_jobs > len(work.jobs) else None,
+            storing_by=self.engine_id if work.n_jobs > len(work.jobs) else None,
         )
 
     def store_chunk(
@@ -178,7 +178,7 @@ class WorkStore:
     ) -> list[ResultRecord]:
         """Store jobs ``begin..`` of a work in one transaction; return its memo hits, ended.
         The ``last`` chunk also clears the work's ``storing_by``: every job is stored."""
-        with self.submit_lock, self._writer.begin() as conn:
+        with self.submit_lock, self.writer.begin() as conn:
             memo = find_memo(conn, memo_key, [k for k, _ in chunk]) if reuse else {}
             hits = {begin + i for i, (k, _) in enumerate(chunk) if k in memo}
             job_ids = insert_jobs(conn, work_id, chunk, first=begin, skip=hits)
@@ -210,7 +210,7 @@ class WorkStore:
     def release(self, work_id: int) -> None:
         """Nobody stores this work any more (stored, failed or cancelled)."""
         try:
-            with self.submit_lock, self._writer.begin() as conn:
+            with self.submit_lock, self.writer.begin() as conn:
                 set_storing_by(conn, work_id, None)
         except Exception:  # the work has ended anyway; a restarted engine ends it again
             logger.exception("work %d: clearing its storing engine failed", work_id)

@@ -16,6 +16,7 @@ import base64
 import contextlib
 import logging
 from collections.abc import Sequence
+from dataclasses import InitVar, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -151,21 +152,24 @@ def _contiguous(messages: list[Any], since: int) -> list[ResultRecord] | None:
     return records
 
 
+@dataclass(eq=False, repr=False)
 class ResultFollower:
     """Pages of one work's results after a cursor, each as soon as it is announced."""
 
-    def __init__(
-        self, engine: Engine, waiter: ResultWaiter, work_id: int, since: int, limit: int
-    ) -> None:
-        self.engine = engine
-        self.waiter = waiter
-        self.work_id = work_id
+    engine: Engine
+    waiter: ResultWaiter
+    work_id: int
+    since: InitVar[int]
+    limit: int
+    cursor: int = field(init=False)
+    n_jobs: int | None = field(default=None, init=False)
+    done: bool = field(default=False, init=False)
+    _all_finished: bool = field(init=False)
+    """Followed from the first result and every one finished: no job can be reopened (only
+    failed ones are retried), so the last job's result means the work is done."""
+
+    def __post_init__(self, since: int) -> None:
         self.cursor = since
-        self.limit = limit
-        self.n_jobs: int | None = None
-        self.done = False
-        # followed from the first result and every one finished: no job can be reopened
-        # (only failed ones are retried), so the last job's result means the work is done
         self._all_finished = since == 0
 
     async def check_done(self) -> list[ResultRecord]:
