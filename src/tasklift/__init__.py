@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tasklift.api.decorators import work, workflow
+    from tasklift.api.engines import shutdown
     from tasklift.api.map_result import MapResult
     from tasklift.api.results import CompletedJob, Progress, Work
-    from tasklift.api.run import Workflow, shutdown
+    from tasklift.api.run import Workflow
     from tasklift.api.waiting import AsyncResult
     from tasklift.errors import (
         ArchiveError,
@@ -61,7 +62,7 @@ _WHERE: dict[str, str] = {
     "Workflow": "tasklift.api.run",
     "WorkflowState": "tasklift.states",
     "get_unique_id_for_dict": "tasklift.keys",
-    "shutdown": "tasklift.api.run",
+    "shutdown": "tasklift.api.engines",
     "work": "tasklift.api.decorators",
     "workflow": "tasklift.api.decorators",
 }

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 import tasklift
 from tasklift import WorkFailed, Workflow, WorkState
-from tasklift.api.run import embedded_engine
+from tasklift.api.engines import embedded_engine
 from tasklift.db.models import Job
 from tasklift.errors import BackendError, ConfigError
 from tasklift.settings import Settings

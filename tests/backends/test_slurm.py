@@ -26,7 +26,7 @@ import slurmfns
 from sqlalchemy import select
 
 from tasklift import WorkFailed, Workflow
-from tasklift.api.run import embedded_engine
+from tasklift.api.engines import embedded_engine
 from tasklift.backends.slurm import SlurmBackend
 from tasklift.backends.slurm_script import (
     SLURM_STATES,

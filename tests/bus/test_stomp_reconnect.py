@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from tasklift.api.results import AsyncResult
+from tasklift.api.waiting import AsyncResult
 from tasklift.bus.base import Bus, MissedMessages
 from tasklift.bus.stomp import StompBus
 from tasklift.records import ResultRecord

@@ -21,7 +21,7 @@ from tasklift import (
     work,
     workflow,
 )
-from tasklift.api.run import embedded_engine
+from tasklift.api.engines import embedded_engine
 from tasklift.db.models import Job, Work
 from tasklift.settings import Settings
 

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from tasklift import SubmissionError, WorkFailed, Workflow, workflow
-from tasklift.api.run import embedded_engine
+from tasklift.api.engines import embedded_engine
 from tasklift.db.models import Job, Work
 from tasklift.db.models import Workflow as WorkflowRow
 

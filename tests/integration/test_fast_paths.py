@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from tasklift import Workflow, get_unique_id_for_dict
 from tasklift.api import joblist
-from tasklift.api.run import embedded_engine
+from tasklift.api.engines import embedded_engine
 from tasklift.db import tables
 from tasklift.engine import dispatch, store, works
 from tasklift.keys import occurrence_key

@@ -20,7 +20,7 @@ from tasklift import (
     Workflow,
     get_unique_id_for_dict,
 )
-from tasklift.api.run import embedded_engine
+from tasklift.api.engines import embedded_engine
 
 
 def run(settings, fn, *args, **kwargs):

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from stomp_broker import broker_stopped, private_stomp_url, require_stomp
 from tasklift import Workflow
-from tasklift.api.run import embedded_engine
+from tasklift.api.engines import embedded_engine
 from tasklift.bus.stomp import StompBus
 from tasklift.settings import Settings
 

@@ -17,7 +17,7 @@ from process_backend import ProcessBackend
 from sqlalchemy import select
 
 from tasklift import WorkFailed, Workflow
-from tasklift.api.run import embedded_engine
+from tasklift.api.engines import embedded_engine
 from tasklift.db.models import Job
 from tasklift.settings import Settings
 

@@ -9,7 +9,7 @@ import workfns
 from sqlalchemy import select
 
 from tasklift import Workflow, WorkflowState, WorkState
-from tasklift.api.run import embedded_engine
+from tasklift.api.engines import embedded_engine
 from tasklift.db.models import Job, Work
 from tasklift.db.models import Workflow as WorkflowRow
 from tasklift.settings import Settings

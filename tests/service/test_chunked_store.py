@@ -15,7 +15,7 @@ import storefns
 import tasklift
 from tasklift import Workflow
 from tasklift.api import joblist
-from tasklift.api.run import embedded_engine
+from tasklift.api.engines import embedded_engine
 from tasklift.db import hot, tables
 from tasklift.db.jobs import insert_jobs
 from tasklift.db.session import create_db_engine, upgrade

@@ -26,7 +26,7 @@ from tasklift.states import JobState, WorkState, needed_successes
 if TYPE_CHECKING:
     from tasklift.api.client import EngineClient
 
-__all__ = ["AsyncResult", "CompletedJob", "MapResult", "Progress", "Work", "WorkRef"]
+__all__ = ["CompletedJob", "Progress", "Work", "WorkRef"]
 
 STORE_CHECK_EVERY = 1.0
 """Seconds between checks, while waiting for a work, that storing its jobs did not fail."""

@@ -17,16 +17,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from tasklift import _context
-from tasklift.api.engines import connect, connect_service, embedded_engine, shutdown
+from tasklift.api.engines import connect, connect_service
 from tasklift.api.follow import WorkflowHandle
 from tasklift.api.functions import WorkDefinition, WorkflowDefinition, defining_file
 from tasklift.api.workflow_run import (
     WorkflowRun,
     enter_running,
     leave_running,
-    remote_workflow_call,
     run_recorded,
-    single_running_workflow,
 )
 from tasklift.archive import PackedArchive, pack_source, state_paths
 from tasklift.backends.command import container_init_env
@@ -38,15 +36,7 @@ if TYPE_CHECKING:
     from tasklift.backends.base import Backend
     from tasklift.settings import Settings
 
-__all__ = [
-    "Workflow",
-    "WorkflowHandle",
-    "WorkflowRun",
-    "embedded_engine",
-    "remote_workflow_call",
-    "shutdown",
-    "single_running_workflow",
-]
+__all__ = ["Workflow"]
 
 logger = logging.getLogger(__name__)
 
