@@ -1,46 +1,17 @@
-"""Job state is written in one place: :func:`tasklift.db.jobs.transition` enforces
-:data:`tasklift.states.ALLOWED` (on SQLite here; on PostgreSQL in tests/service), and no other
-module of ``src`` updates ``jobs.state`` (read from the source with ``ast``)."""
+"""Job state is written in one place: no module of ``src`` but ``db/jobs.py`` updates
+``jobs.state`` (read from the source with ``ast``). That :func:`tasklift.db.jobs.transition`
+enforces :data:`tasklift.states.ALLOWED` is tested on both databases in
+tests/service/test_state_moves.py."""
 
 from __future__ import annotations
 
 import ast
 import re
-import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
-from sqlalchemy import Engine
-
-from tasklift.db.session import create_db_engine, upgrade
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import state_writes
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "tasklift"
 OWNER = SRC / "db" / "jobs.py"
 _RAW_UPDATE = re.compile(r"UPDATE\s+jobs\s+SET\b[^;]*\bstate\s*=", re.IGNORECASE | re.DOTALL)
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Engine]:
-    engine = create_db_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    upgrade(engine)
-    yield engine
-    engine.dispose()
-
-
-def test_every_allowed_move_and_no_other(db: Engine) -> None:
-    state_writes.check_every_move(db)
-
-
-def test_a_refused_move_loses_nothing(db: Engine) -> None:
-    state_writes.check_refusal_loses_nothing(db)
-
-
-def test_claims_and_starts_are_guards(db: Engine) -> None:
-    state_writes.check_guarded_moves(db)
 
 
 def _names_jobs(node: ast.AST) -> bool:

@@ -1,20 +1,31 @@
-"""Checks of :func:`tasklift.db.jobs.transition` shared by the SQLite (tests/unit) and the
-PostgreSQL (tests/service) runs: every move :data:`~tasklift.states.ALLOWED` allows happens,
-every other one is refused with the job named, and a refused batch loses nothing."""
+"""Job state moves through :func:`tasklift.db.jobs.transition` on the real databases (each
+service test runs on SQLite and PostgreSQL, where the claim takes locking one-probe-per-id
+statements): every move :data:`~tasklift.states.ALLOWED` allows happens, every other one is
+refused with the job named, and a refused batch loses nothing."""
 
 from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine, insert, select, update
 
 from tasklift.db import tables
 from tasklift.db.jobs import claim_jobs, mark_running, store_terminal, transition
+from tasklift.db.session import create_db_engine, upgrade
 from tasklift.db.workflows import insert_workflow
 from tasklift.db.works import insert_work
 from tasklift.states import ALLOWED, IllegalTransition, JobState
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Engine]:
+    engine = create_db_engine(db_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
 
 
 def store_jobs(db: Engine, states: list[JobState]) -> list[int]:
@@ -54,7 +65,7 @@ def stored(db: Engine, job_ids: list[int]) -> list[tuple[str, bytes | None, int]
     return [rows[j] for j in job_ids]  # type: ignore[misc]
 
 
-def check_every_move(db: Engine) -> None:
+def test_every_allowed_move_and_no_other(db: Engine) -> None:
     """Every (from, to) pair: allowed moves happen (bulk and per job), others are refused."""
     for start, finish in itertools.product(JobState, JobState):
         for per_job in (False, True):
@@ -72,7 +83,7 @@ def check_every_move(db: Engine) -> None:
             assert stored(db, [job]) == [(start.value, b"kept", 1)]
 
 
-def check_refusal_loses_nothing(db: Engine) -> None:
+def test_a_refused_move_loses_nothing(db: Engine) -> None:
     """A batch with one disallowed move is refused whole: the allowed moves in it roll back,
     the refused job keeps its state and result, and the error names it. Outcomes are the one
     exception: a late outcome of a job that ended already is dropped, the rest stored."""
@@ -99,7 +110,7 @@ def check_refusal_loses_nothing(db: Engine) -> None:
     assert stored(db, jobs) == [("finished", b"new", 1), before[1], ("finished", b"new", 1)]
 
 
-def check_guarded_moves(db: Engine) -> None:
+def test_claims_and_starts_are_guards(db: Engine) -> None:
     """Claims and starts are guards: jobs in other states are left as they are."""
     jobs = store_jobs(db, [JobState.PENDING, JobState.QUEUED, JobState.FINISHED])
     with db.begin() as conn:
