@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from tasklift import Workflow, WorkflowState, WorkState
 from tasklift.api.engines import embedded_engine
+from tasklift.db.jobs import cancel_open_jobs
 from tasklift.db.models import Job, Work
 from tasklift.db.models import Workflow as WorkflowRow
 from tasklift.settings import Settings
@@ -72,3 +73,34 @@ def test_a_cancelled_workflow_is_marked_before_its_works_are_cancelled(
         messages = conn.execute(select(Job.error_message)).scalars().all()
     assert messages == ["its workflow cancelled: cancelled by a test"] * 2
     assert time.monotonic() - started < 30  # the running jobs were stopped, not waited for
+
+
+def test_a_late_outcome_of_a_job_ended_elsewhere_keeps_the_stored_end(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job cancelled from another process (``tasklift cancel`` on the same database) while
+    this engine runs it: its outcome, when it comes, is dropped (logged), the stored end and
+    counters stand, and the rest of the work is recorded as usual."""
+    engine = embedded_engine(settings)
+
+    def wf():
+        work = workfns.sleep_then(
+            group_kwargs=[{"x": 0, "delay": 1.5}, {"x": 1, "delay": 0.0}], return_work=True
+        )
+        deadline = time.monotonic() + 10
+        while work.progress.finished < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with engine.db.begin() as conn:  # what another process's cancel writes
+            cancel_open_jobs(conn, work.work_id, "cancelled elsewhere")
+        time.sleep(3.0)  # job 0's outcome arrives meanwhile (after 1.5 s)
+        return work.work_id
+
+    work_id = Workflow(func=wf, settings=settings).run()
+    with engine.db.connect() as conn:
+        row = conn.execute(
+            select(Work.n_finished, Work.n_cancelled, Work.n_failed).where(Work.id == work_id)
+        ).one()
+        jobs = conn.execute(select(Job.idx, Job.state).order_by(Job.idx)).all()
+    assert jobs == [(0, "cancelled"), (1, "finished")]
+    assert tuple(row) == (1, 1, 0)  # nothing counted twice
+    assert "late outcomes of 1 jobs that had ended already" in caplog.text

@@ -13,7 +13,13 @@ import pytest
 from sqlalchemy import Engine, insert, select, update
 
 from tasklift.db import tables
-from tasklift.db.jobs import claim_jobs, mark_running, store_terminal, transition
+from tasklift.db.jobs import (
+    claim_jobs,
+    ended_already,
+    mark_running,
+    store_terminal,
+    transition,
+)
 from tasklift.db.session import create_db_engine, upgrade
 from tasklift.db.workflows import insert_workflow
 from tasklift.db.works import insert_work
@@ -86,7 +92,7 @@ def test_every_allowed_move_and_no_other(db: Engine) -> None:
 def test_a_refused_move_loses_nothing(db: Engine) -> None:
     """A batch with one disallowed move is refused whole: the allowed moves in it roll back,
     the refused job keeps its state and result, and the error names it. Outcomes are the one
-    exception: a late outcome of a job that ended already is dropped, the rest stored."""
+    exception: the engine drops a late outcome of a job that ended already, stores the rest."""
     jobs = store_jobs(db, [JobState.RUNNING, JobState.FINISHED, JobState.QUEUED])
     before = stored(db, jobs)
     row = {"_result": b"new", "_error_type": None, "_error_message": None, "_traceback": None,
@@ -104,9 +110,14 @@ def test_a_refused_move_loses_nothing(db: Engine) -> None:
     with pytest.raises(IllegalTransition, match="from finished to queued"), db.begin() as conn:
         transition(conn, jobs, JobState.QUEUED, only_from={JobState.FINISHED})
     assert stored(db, jobs) == before
-    # outcomes: a late one for a job that ended already is dropped, the rest of the batch stored
-    with db.begin() as conn:
+    refused = pytest.raises(IllegalTransition, match=f"job {jobs[1]} from finished to finished")
+    with refused, db.begin() as conn:
         store_terminal(conn, [{**row, "_id": j} for j in jobs])
+    assert stored(db, jobs) == before
+    # the engine then finds the late outcome (a job that ended already) and stores the rest
+    with db.begin() as conn:
+        assert ended_already(conn, [{**row, "_id": j} for j in jobs]) == {jobs[1]}
+        store_terminal(conn, [{**row, "_id": j} for j in (jobs[0], jobs[2])])
     assert stored(db, jobs) == [("finished", b"new", 1), before[1], ("finished", b"new", 1)]
 
 

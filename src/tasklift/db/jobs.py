@@ -1,16 +1,14 @@
 """Job rows: insert, memo look-up, claims, handles, outcomes, retries, requeues, reopening,
 cancelling, pending pages, and :func:`transition`, the one place a stored job's state changes.
 
-Every write of ``jobs.state`` after a job's insert goes through :func:`transition`, which moves
-a job only along :data:`tasklift.states.ALLOWED`. Functions take a connection and never commit
-(callers own the transaction: ``with engine.begin() as conn: ...``). The statements on the
-per-job paths run as driver SQL through :mod:`tasklift.db.hot`.
+Every write of ``jobs.state`` after a job's insert goes through :func:`transition` (only along
+:data:`tasklift.states.ALLOWED`). Functions take a connection and never commit (callers own the
+transaction). The statements on the per-job paths run as driver SQL through :mod:`tasklift.db.hot`.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import time
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
@@ -24,11 +22,10 @@ from tasklift.db.works import bump_work_counters, reopen_work
 from tasklift.records import ResultRecord
 from tasklift.states import JOB_TERMINAL, SOURCES, IllegalTransition, JobState
 
-logger = logging.getLogger(__name__)
-
 __all__ = [
     "cancel_open_jobs",
     "claim_jobs",
+    "ended_already",
     "insert_jobs",
     "mark_reused",
     "mark_running",
@@ -221,13 +218,9 @@ def _refuse(
     moved: Sequence[int],
 ) -> None:
     """Raise :class:`IllegalTransition` for the jobs that did not move (read only now)."""
-    target_of = {j: JobState(t) for j, t in zip(job_ids, targets, strict=True)}
-    for job_id in moved:
-        target_of.pop(job_id, None)
-    found: dict[int, str] = {}
-    for batch in hot.chunks(list(target_of), 500):
-        sql = f"SELECT id, state FROM jobs WHERE id IN ({hot.placeholders(len(batch))})"
-        found.update((int(j), s) for j, s in hot.execute(conn, sql, batch))
+    done = set(moved)
+    target_of = {j: JobState(t) for j, t in zip(job_ids, targets, strict=True) if j not in done}
+    found = _stored_states(conn, list(target_of))
     # a job now in its target state moved, unless it was there already (not a move either)
     refused = [(j, found.get(j), t.value) for j, t in target_of.items() if found.get(j) != t]
     if not refused:
@@ -378,22 +371,29 @@ _TERMINAL_KEYS = (
 
 
 def store_terminal(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Write terminal job rows (keys: _id, _state, _result, _error_*, _attempts, times, logs).
+    """Write terminal job rows (keys: _id, _state, _result, _error_*, _attempts, times, logs)."""
+    transition(
+        conn,
+        [row["_id"] for row in rows],
+        [row["_state"] for row in rows],
+        columns=_TERMINAL_COLUMNS,
+        rows=[tuple(row[k] for k in _TERMINAL_KEYS) for row in rows],
+    )
 
-    A job another process ended meanwhile (``tasklift cancel`` on the same database while this
-    engine ran it) keeps the end it has: its late outcome is logged and dropped, and the rest
-    of the batch is stored (raising would lose the whole batch of outcomes).
-    """
-    try:
-        transition(
-            conn,
-            [row["_id"] for row in rows],
-            [row["_state"] for row in rows],
-            columns=_TERMINAL_COLUMNS,
-            rows=[tuple(row[k] for k in _TERMINAL_KEYS) for row in rows],
-        )
-    except IllegalTransition as exc:  # the allowed moves of the batch are made already
-        logger.warning("late outcomes of jobs that had ended already, dropped: %s", exc)
+
+def ended_already(conn: Connection, rows: Sequence[dict[str, Any]]) -> set[int]:
+    """Jobs of these terminal rows another process ended meanwhile (their state refuses it)."""
+    to = {row["_id"]: JobState(row["_state"]) for row in rows}
+    return {j for j, state in _stored_states(conn, list(to)).items() if state not in SOURCES[to[j]]}
+
+
+def _stored_states(conn: Connection, job_ids: Sequence[int]) -> dict[int, str]:
+    """The stored state of each of these jobs (read in pages of 500 ids)."""
+    found: dict[int, str] = {}
+    for batch in hot.chunks(list(job_ids), 500):
+        sql = f"SELECT id, state FROM jobs WHERE id IN ({hot.placeholders(len(batch))})"
+        found.update((int(j), s) for j, s in hot.execute(conn, sql, batch))
+    return found
 
 
 def store_retries(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from tasklift.bus.base import work_destination
 from tasklift.db import dataflow
-from tasklift.db.jobs import store_retries, store_terminal
+from tasklift.db.jobs import ended_already, store_retries, store_terminal
 from tasklift.db.session import SerialWriter
 from tasklift.db.workflows import finish_workflow
 from tasklift.db.works import bump_work_counters, set_work_status, state_of
@@ -25,7 +25,7 @@ from tasklift.engine.attempts import Attempt
 from tasklift.engine.live import LiveWork, Memory
 from tasklift.engine.state import decide
 from tasklift.records import JobSpec, Outcome, ResultRecord
-from tasklift.states import WORK_TERMINAL, JobState, WorkflowState, work_state
+from tasklift.states import WORK_TERMINAL, IllegalTransition, JobState, WorkflowState, work_state
 
 __all__ = ["HeldOutcomes", "OutcomeRecorder"]
 
@@ -34,6 +34,11 @@ logger = logging.getLogger(__name__)
 Publish = dict[str, list[ResultRecord]]
 """Records to announce, by bus destination."""
 ClaimAhead = Callable[[Any], list[tuple[LiveWork, set[int]]]]
+
+
+def _counter(state: str) -> int:
+    """Which of a work's counters (finished, failed, skipped) a job's end adds to."""
+    return {JobState.FINISHED: 0, JobState.SKIPPED: 2}.get(JobState(state), 1)
 
 
 @dataclass
@@ -68,7 +73,11 @@ class OutcomeRecorder:
         if not batch.terminal and not batch.retry:
             return publish
         try:
-            done_works = self._commit(batch, publish)
+            try:
+                done_works = self._commit(batch, publish)
+            except IllegalTransition as exc:  # nothing stored: drop the late ones, store the rest
+                self._drop_ended(batch, exc)
+                done_works = self._commit(batch, publish)
         except BaseException:
             self._undo(batch)
             raise
@@ -96,10 +105,26 @@ class OutcomeRecorder:
                 continue
             batch.terminal.append(row)
             counts = batch.per_work.setdefault(attempt.work_id, [0, 0, 0])
-            counts[{JobState.FINISHED: 0, JobState.SKIPPED: 2}.get(decision.state, 1)] += 1
+            counts[_counter(decision.state)] += 1
             row["_idx"] = live.idx_of.pop(outcome.job_id, -1)
             row["_work"] = attempt.work_id
         return batch
+
+    def _drop_ended(self, batch: _Batch, refused: IllegalTransition) -> None:
+        """Leave out the outcomes of jobs another process ended meanwhile (``tasklift cancel``
+        on the same database): their stored end stands; they are neither counted nor announced."""
+        with self.writer.begin() as conn:
+            ended = ended_already(conn, batch.terminal)
+        if not ended:
+            raise refused
+        logger.warning(
+            "late outcomes of %d jobs that had ended already, dropped: %s", len(ended), refused
+        )
+        for row in batch.terminal:
+            if row["_id"] in ended:
+                counts = batch.per_work[row["_work"]]
+                counts[_counter(row["_state"])] -= 1
+        batch.terminal = [row for row in batch.terminal if row["_id"] not in ended]
 
     def _undo(self, batch: _Batch) -> None:
         """Nothing was stored: the jobs are active again, as before the call."""
